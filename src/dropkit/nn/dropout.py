@@ -1,0 +1,217 @@
+"""The dropout family as Modules: thin shells over :mod:`dropkit.functional`.
+
+Each class subclasses its torch namesake (``isinstance(m, torch.nn.Dropout)`` still holds, so code and
+tools that look for torch's classes keep working), validates in ``__init__``, and forwards with
+``self.training``. No parameters or buffers: ``state_dict`` is empty, as torch's, so models swap
+classes both ways. ``seed=`` gives the module its own generator: a reproducible, advancing sequence of
+masks (Keras ``SeedGenerator`` semantics); ``generator=`` shares one the caller owns.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import _validate
+from .. import functional as F
+
+__all__ = [
+    "Dropout",
+    "Dropout1d",
+    "Dropout2d",
+    "Dropout3d",
+    "AlphaDropout",
+    "FeatureAlphaDropout",
+    "GaussianDropout",
+    "GaussianNoise",
+]
+
+
+class _SeededMixin:
+    """Seed handling and repr extras shared by every dropkit dropout module."""
+
+    mode = "inverted"
+    generator: torch.Generator | None
+    seed: int | None
+
+    def _setup_rng(self, seed: int | None, generator: torch.Generator | None) -> None:
+        _validate.seed_source(type(self).__name__, seed, generator)
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed) if seed is not None else generator
+
+    def _extras(self) -> str:
+        extras = "" if self.mode == "inverted" else f", mode={self.mode!r}"
+        return extras + ("" if self.seed is None else f", seed={self.seed}")
+
+
+class _DropIn(_SeededMixin):
+    """Constructor and forward of a dropkit twin of a torch dropout class: same arguments, extras keyword-only."""
+
+    p: float
+    inplace: bool
+    training: bool
+    _modes: tuple[str, ...] = ("inverted", "classic")
+
+    @staticmethod
+    def _functional(input: torch.Tensor, p: float, training: bool, inplace: bool, **kwargs) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __init__(
+        self,
+        p: float = 0.5,
+        inplace: bool = False,
+        *,
+        mode: str = "inverted",
+        keep: float | None = None,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        name = type(self).__name__
+        p = _validate.probability(name, p, keep)
+        mode = _validate.choice(name, "mode", mode, self._modes)
+        super().__init__(p, inplace)  # type: ignore[call-arg]
+        self.mode = mode
+        self._setup_rng(seed, generator)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        extra = {"mode": self.mode} if len(self._modes) > 1 else {}
+        return self._functional(input, self.p, self.training, self.inplace, generator=self.generator, **extra)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, inplace={self.inplace}" + self._extras()
+
+
+_ARGS = """
+    Args:
+        p: Probability of zeroing an element (a channel for the channel-wise classes). Default: ``0.5``.
+        inplace: Modify the input in place. Default: ``False``.
+        mode: ``"inverted"`` or ``"classic"`` (keyword-only; not for the alpha classes). Default: ``"inverted"``.
+        keep: Keep probability, an alternative to ``p`` (keyword-only). Default: ``None``.
+        seed: Seed of the module's own generator: reproducible, advancing masks (keyword-only).
+        generator: A generator to draw seeds from (keyword-only). Default: torch's global CPU generator.
+"""
+
+
+class Dropout(_DropIn, nn.Dropout):
+    __doc__ = (
+        """Zero elements with probability ``p`` in training. See :func:`dropkit.functional.dropout`.
+
+    Drop-in for ``torch.nn.Dropout`` (and an instance of it).
+"""
+        + _ARGS
+        + """
+    Example:
+        >>> m = Dropout(p=0.5, seed=0)
+        >>> m(torch.ones(2, 3)).shape
+        torch.Size([2, 3])
+        >>> m.eval()(torch.ones(3))
+        tensor([1., 1., 1.])
+"""
+    )
+    _functional = staticmethod(F.dropout)
+
+
+class Dropout1d(_DropIn, nn.Dropout1d):
+    __doc__ = "Zero whole channels of (N, C, L) / (C, L) inputs. See :func:`dropkit.functional.dropout1d`.\n" + _ARGS
+    _functional = staticmethod(F.dropout1d)
+
+
+class Dropout2d(_DropIn, nn.Dropout2d):
+    __doc__ = (
+        "Zero whole channels of (N, C, H, W) inputs. See :func:`dropkit.functional.dropout2d`.\n"
+        + _ARGS
+        + """
+    Example:
+        >>> m = Dropout2d(p=0.2)
+        >>> m(torch.ones(2, 3, 4, 4)).shape
+        torch.Size([2, 3, 4, 4])
+"""
+    )
+    _functional = staticmethod(F.dropout2d)
+
+
+class Dropout3d(_DropIn, nn.Dropout3d):
+    __doc__ = "Zero whole channels of (N, C, D, H, W) / (C, D, H, W) inputs. See :func:`dropkit.functional.dropout3d`.\n" + _ARGS
+    _functional = staticmethod(F.dropout3d)
+
+
+class AlphaDropout(_DropIn, nn.AlphaDropout):
+    __doc__ = "Alpha dropout for SELU networks. See :func:`dropkit.functional.alpha_dropout`.\n" + _ARGS
+    _functional = staticmethod(F.alpha_dropout)
+    _modes = ("inverted",)
+
+
+class FeatureAlphaDropout(_DropIn, nn.FeatureAlphaDropout):
+    __doc__ = "Channel-wise alpha dropout. See :func:`dropkit.functional.feature_alpha_dropout`.\n" + _ARGS
+    _functional = staticmethod(F.feature_alpha_dropout)
+    _modes = ("inverted",)
+
+
+class GaussianDropout(_SeededMixin, nn.Module):
+    """Multiplicative Gaussian noise with the variance of dropout at rate ``p``. See :func:`dropkit.functional.gaussian_dropout`.
+
+    Args:
+        p: Drop rate the noise matches, ``0 <= p < 1``. Default: ``0.5``.
+        inplace: Modify the input in place. Default: ``False``.
+        keep: Keep probability, an alternative to ``p`` (keyword-only). Default: ``None``.
+        seed: Seed of the module's own generator (keyword-only). Default: ``None``.
+        generator: A generator to draw seeds from (keyword-only). Default: torch's global CPU generator.
+
+    Example:
+        >>> GaussianDropout(0.2).eval()(torch.ones(2))
+        tensor([1., 1.])
+    """
+
+    def __init__(
+        self,
+        p: float = 0.5,
+        inplace: bool = False,
+        *,
+        keep: float | None = None,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.p = _validate.probability("GaussianDropout", p, keep, allow_one=False)
+        self.inplace = inplace
+        self._setup_rng(seed, generator)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return F.gaussian_dropout(input, self.p, self.training, self.inplace, generator=self.generator)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, inplace={self.inplace}" + self._extras()
+
+
+class GaussianNoise(_SeededMixin, nn.Module):
+    """Additive zero-mean Gaussian noise in training. See :func:`dropkit.functional.gaussian_noise`.
+
+    Args:
+        stddev: Standard deviation of the noise, a finite number ``>= 0``.
+        inplace: Modify the input in place. Default: ``False``.
+        seed: Seed of the module's own generator (keyword-only). Default: ``None``.
+        generator: A generator to draw seeds from (keyword-only). Default: torch's global CPU generator.
+
+    Example:
+        >>> GaussianNoise(0.1).eval()(torch.ones(2))
+        tensor([1., 1.])
+    """
+
+    def __init__(
+        self,
+        stddev: float,
+        inplace: bool = False,
+        *,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.stddev = _validate.nonnegative("GaussianNoise", "stddev", stddev)
+        self.inplace = inplace
+        self._setup_rng(seed, generator)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return F.gaussian_noise(input, self.stddev, self.training, self.inplace, generator=self.generator)
+
+    def extra_repr(self) -> str:
+        return f"stddev={self.stddev}, inplace={self.inplace}" + self._extras()

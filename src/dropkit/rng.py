@@ -1,0 +1,249 @@
+r"""The counter-based random number core that every dropkit op shares.
+
+Every random number dropkit draws is a pure function of ``(seed, counter)``. The generator is
+Philox4x32-10 (Salmon et al., "Parallel Random Numbers: As Easy as 1, 2, 3", SC 2011), with the
+counter → uniform mapping of Triton's ``tl.rand(seed, offsets)`` for int64 offsets:
+
+.. math::
+
+    (w_0, w_1, w_2, w_3) = \mathrm{Philox4x32\text{-}10}\big(
+        \text{counter}=(c \bmod 2^{32},\ \lfloor c / 2^{32} \rfloor,\ 0,\ 0),\
+        \text{key}=(s \bmod 2^{32},\ \lfloor s / 2^{32} \rfloor)\big)
+
+    u(s, c) = \mathrm{fl}_{32}\big(\mathrm{fold}(w_0) \cdot 4.6566127342\times 10^{-10}\big),
+    \qquad \mathrm{fold}(w) = w \text{ if } w < 2^{31} \text{ else } 2^{32} - 1 - w
+
+so :math:`u \in [0, 1)` (Triton's ``uint_to_uniform_float``). A dropout call with seed ``s`` and
+offset ``o`` gives the ``n``-th element of its mask (row-major order of the mask's logical shape) the
+uniform :math:`u(s, o + n)` and keeps it iff :math:`u \ge p`. Because ``fold`` and the float
+conversion are monotone, the test is done exactly in integers: ``fold(w_0) >= keep_threshold(p)``.
+
+Nothing here stores a mask: backward recomputes it from ``(seed, offset)``. Seeds come from torch's
+default CPU generator unless a ``generator`` or an explicit ``seed`` is given, so ``torch.manual_seed``
+reproduces runs and ``torch.utils.checkpoint`` (which restores the CPU RNG state) recomputes the same
+masks.
+
+This module holds the torch-ops implementation (any device); ``dropkit.kernels.cpu`` holds the
+compiled CPU twin, and the two are tested to be bit-identical.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+__all__ = [
+    "PHILOX_KEY_A",
+    "PHILOX_KEY_B",
+    "PHILOX_ROUND_A",
+    "PHILOX_ROUND_B",
+    "UNIFORM_SCALE",
+    "philox4x32",
+    "uint32_to_uniform",
+    "random_words",
+    "uniform",
+    "normal",
+    "keep_threshold",
+    "draw_seed",
+]
+
+PHILOX_KEY_A = 0x9E3779B9  #: Weyl increment of key word 0 (golden ratio).
+PHILOX_KEY_B = 0xBB67AE85  #: Weyl increment of key word 1 (sqrt(3) - 1).
+PHILOX_ROUND_A = 0xD2511F53  #: Multiplier applied to counter word 0.
+PHILOX_ROUND_B = 0xCD9E8D57  #: Multiplier applied to counter word 2.
+PHILOX_ROUNDS = 10
+UNIFORM_SCALE = 4.6566127342e-10  #: Triton's uint32 → [0, 1) scale: the largest s with (2^31 - 1)·s < 1 in fp32.
+
+_MASK32 = 0xFFFFFFFF
+_SEED_LIMIT = 2**64
+
+ShapeLike = int | Sequence[int] | torch.Size
+
+
+def _mulhilo(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(hi, lo)`` 32-bit halves of ``a * b`` for a constant ``a`` and uint32 values in int64 ``b``."""
+    # a * b can reach 2^64, beyond int64: split b into 16-bit halves so every product stays below 2^49.
+    b_hi, b_lo = b >> 16, b & 0xFFFF
+    a_b_hi, a_b_lo = a * b_hi, a * b_lo
+    hi = (a_b_hi + (a_b_lo >> 16)) >> 16
+    lo = (a_b_lo + ((a_b_hi & 0xFFFF) << 16)) & _MASK32
+    return hi, lo
+
+
+def philox4x32(
+    c0: torch.Tensor,
+    c1: torch.Tensor,
+    c2: torch.Tensor,
+    c3: torch.Tensor,
+    k0: int,
+    k1: int,
+    rounds: int = PHILOX_ROUNDS,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""Run Philox4x32 on counters ``(c0, c1, c2, c3)`` with key ``(k0, k1)``.
+
+    One round maps :math:`(c_0, c_1, c_2, c_3)` to
+    :math:`(\mathrm{hi}(B c_2) \oplus c_1 \oplus k_0,\ \mathrm{lo}(B c_2),\ \mathrm{hi}(A c_0) \oplus c_3 \oplus k_1,\
+    \mathrm{lo}(A c_0))` and then bumps the key by the Weyl constants, exactly as Random123 and Triton do.
+
+    Args:
+        c0: Counter word 0: int64 tensor holding values in ``[0, 2^32)``.
+        c1: Counter word 1, broadcastable with ``c0``.
+        c2: Counter word 2, broadcastable with ``c0``.
+        c3: Counter word 3, broadcastable with ``c0``.
+        k0: Key word 0, an int in ``[0, 2^32)``.
+        k1: Key word 1, an int in ``[0, 2^32)``.
+        rounds: Number of rounds. Default: ``10``.
+
+    Returns:
+        The four output words as int64 tensors holding uint32 values.
+
+    Example:
+        >>> z = torch.zeros(1, dtype=torch.int64)
+        >>> [hex(int(w)) for w in philox4x32(z, z, z, z, 0, 0)]
+        ['0x6627e8d5', '0xe169c58d', '0xbc57ac4c', '0x9b00dbd8']
+    """
+    for _ in range(rounds):
+        hi0, lo0 = _mulhilo(PHILOX_ROUND_A, c0)
+        hi1, lo1 = _mulhilo(PHILOX_ROUND_B, c2)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0 = (k0 + PHILOX_KEY_A) & _MASK32
+        k1 = (k1 + PHILOX_KEY_B) & _MASK32
+    return c0, c1, c2, c3
+
+
+def fold(words: torch.Tensor) -> torch.Tensor:
+    """Map uint32 words (int64 tensor) to ``[0, 2^31)`` the way Triton does: ``x if x >= 0 else ~x`` on int32."""
+    return torch.where(words >= 2**31, _MASK32 - words, words)
+
+
+def uint32_to_uniform(words: torch.Tensor) -> torch.Tensor:
+    r"""Convert uint32 words to float32 uniforms in :math:`[0, 1)`, bit-identical to Triton's ``uint_to_uniform_float``.
+
+    Args:
+        words: int64 tensor holding uint32 values.
+
+    Returns:
+        float32 tensor :math:`\mathrm{fl}_{32}(\mathrm{fl}_{32}(\mathrm{fold}(w)) \cdot 4.6566127342\times10^{-10})`.
+
+    Example:
+        >>> uint32_to_uniform(torch.tensor([0, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF])).tolist()
+        [0.0, 0.9999999403953552, 0.9999999403953552, 0.0]
+    """
+    return fold(words).to(torch.float32) * torch.tensor(UNIFORM_SCALE, dtype=torch.float32, device=words.device)
+
+
+def _numel(shape: ShapeLike) -> tuple[int, tuple[int, ...]]:
+    dims = (shape,) if isinstance(shape, int) else tuple(int(d) for d in shape)
+    return math.prod(dims), dims
+
+
+def _split_seed(seed: int) -> tuple[int, int]:
+    return seed & _MASK32, (seed >> 32) & _MASK32
+
+
+def random_words(
+    numel: int, seed: int, offset: int = 0, *, device: torch.device | str | None = None, count: int = 1
+) -> tuple[torch.Tensor, ...]:
+    """Return the first ``count`` Philox output words for counters ``offset .. offset + numel - 1``.
+
+    Args:
+        numel: Number of consecutive counters.
+        seed: 64-bit key.
+        offset: First counter. Default: ``0``.
+        device: Device of the result. Default: CPU.
+        count: How many of the four output words to return (1 to 4). Default: ``1``.
+
+    Returns:
+        ``count`` int64 tensors of shape ``(numel,)`` holding uint32 values.
+    """
+    counter = torch.arange(offset, offset + numel, dtype=torch.int64, device=device)
+    zero = torch.zeros((), dtype=torch.int64, device=device)
+    words = philox4x32(counter & _MASK32, counter >> 32, zero, zero, *_split_seed(seed))
+    return words[:count]
+
+
+def uniform(shape: ShapeLike, seed: int, offset: int = 0, *, device: torch.device | str | None = None) -> torch.Tensor:
+    r"""Return float32 uniforms :math:`u(s, o + n)` in :math:`[0, 1)`, equal to Triton's ``tl.rand(seed, offset + n)``.
+
+    Args:
+        shape: Shape of the result; element ``n`` in row-major order uses counter ``offset + n``.
+        seed: 64-bit key, an int in ``[0, 2^64)``.
+        offset: First counter. Default: ``0``.
+        device: Device of the result. Default: CPU.
+
+    Returns:
+        float32 tensor of the given shape.
+
+    Example:
+        >>> u = uniform((2, 3), seed=0)
+        >>> u.shape, bool(((0 <= u) & (u < 1)).all())
+        (torch.Size([2, 3]), True)
+        >>> torch.equal(uniform(6, seed=0), u.flatten())
+        True
+    """
+    n, dims = _numel(shape)
+    (w0,) = random_words(n, seed, offset, device=device)
+    return uint32_to_uniform(w0).reshape(dims)
+
+
+def normal(shape: ShapeLike, seed: int, offset: int = 0, *, device: torch.device | str | None = None) -> torch.Tensor:
+    r"""Return float32 standard normals from the same counters, as Triton's ``tl.randn(seed, offset + n)``.
+
+    Box–Muller on the first two words of each counter:
+    :math:`z = \sqrt{-2 \ln \max(10^{-7}, u_0)}\, \cos(2\pi u_1)`.
+
+    Args:
+        shape: Shape of the result; element ``n`` uses counter ``offset + n``.
+        seed: 64-bit key.
+        offset: First counter. Default: ``0``.
+        device: Device of the result. Default: CPU.
+
+    Returns:
+        float32 tensor of the given shape.
+    """
+    n, dims = _numel(shape)
+    w0, w1 = random_words(n, seed, offset, device=device, count=2)
+    u0 = uint32_to_uniform(w0).clamp_min_(1.0e-7)
+    u1 = uint32_to_uniform(w1)
+    return (torch.sqrt(-2.0 * torch.log(u0)) * torch.cos(6.283185307179586 * u1)).reshape(dims)
+
+
+def keep_threshold(p: float) -> int:
+    r"""Return the integer ``t`` such that ``u >= p`` (in float32) iff ``fold(w) >= t``.
+
+    ``t`` is the smallest integer in :math:`[0, 2^{31}]` with
+    :math:`\mathrm{fl}_{32}(\mathrm{fl}_{32}(t)\cdot 4.6566127342\times 10^{-10}) \ge \mathrm{fl}_{32}(p)`;
+    ``p = 0`` gives ``0`` (keep all) and ``p = 1`` gives :math:`2^{31}` (keep none).
+
+    Example:
+        >>> keep_threshold(0.0), keep_threshold(0.5), keep_threshold(1.0)
+        (0, 1073741824, 2147483648)
+    """
+    p32 = np.float32(p)
+    scale = np.float32(UNIFORM_SCALE)
+    lo, hi = 0, 2**31  # invariant: the answer lies in [lo, hi]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if np.float32(mid) * scale >= p32:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def draw_seed(generator: torch.Generator | None = None) -> int:
+    """Draw a fresh 63-bit seed from ``generator``, or from torch's default CPU generator when ``None``.
+
+    Drawing advances the generator, so successive calls give independent masks while
+    ``torch.manual_seed`` (or ``generator.manual_seed``) makes the whole sequence reproducible.
+
+    Example:
+        >>> _ = torch.manual_seed(0); a = draw_seed()
+        >>> _ = torch.manual_seed(0); a == draw_seed()
+        True
+    """
+    device = generator.device if generator is not None else "cpu"
+    return int(torch.randint(0, 2**63 - 1, (), generator=generator, device=device))
