@@ -164,7 +164,7 @@ def dropout(
 
     Example:
         >>> dropout(torch.tensor([2.0, 4.0, 6.0, 8.0]), p=0.5, seed=0)
-        tensor([ 0.,  0., 12., 16.])
+        tensor([4., 0., 0., 0.])
         >>> dropout(torch.tensor([2.0, 4.0, 6.0, 8.0]), p=0.5, training=False, mode="classic")
         tensor([1., 2., 3., 4.])
 

@@ -220,7 +220,7 @@ def keep_threshold(p: float) -> int:
 
     Example:
         >>> keep_threshold(0.0), keep_threshold(0.5), keep_threshold(1.0)
-        (0, 1073741824, 2147483648)
+        (0, 1073741889, 2147483648)
     """
     p32 = np.float32(p)
     scale = np.float32(UNIFORM_SCALE)

@@ -27,7 +27,9 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
     os.environ["NUMBA_THREADING_LAYER"] = "workqueue"
 
 import numba  # noqa: E402
-from numba import njit, prange, uint16, uint32, uint64  # noqa: E402
+from llvmlite import ir  # noqa: E402
+from numba import njit, prange, types, uint16, uint32, uint64  # noqa: E402
+from numba.extending import intrinsic  # noqa: E402
 
 from .. import rng  # noqa: E402
 
@@ -70,14 +72,34 @@ def _kept(ctr: np.uint64, k0: np.uint32, k1: np.uint32, threshold: np.uint32) ->
     return folded >= threshold
 
 
+@intrinsic
+def _u32_as_f32(typingctx, bits):  # pragma: no cover - compiled
+    """Reinterpret uint32 bits as float32 (an LLVM bitcast; numba's .view fails inside parallel loops)."""
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.uint32), codegen
+
+
+@intrinsic
+def _f32_as_u32(typingctx, value):  # pragma: no cover - compiled
+    """Reinterpret float32 bits as uint32."""
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.uint32(types.float32), codegen
+
+
 @njit(inline="always")
 def _bf16_to_f32(bits: np.uint16) -> np.float32:  # pragma: no cover
-    return (uint32(bits) << uint32(16)).view(np.float32)
+    return _u32_as_f32(uint32(uint32(bits) << uint32(16)))
 
 
 @njit(inline="always")
 def _f32_to_bf16(value: np.float32) -> np.uint16:  # pragma: no cover
-    bits = value.view(np.uint32)
+    bits = _f32_as_u32(value)
     if (bits & uint32(0x7FFFFFFF)) > uint32(0x7F800000):
         return uint16(0x7FC0)  # canonical quiet NaN, as c10::BFloat16
     return uint16((bits + uint32(0x7FFF) + ((bits >> uint32(16)) & uint32(1))) >> uint32(16))

@@ -1,0 +1,27 @@
+"""Shared fixtures: devices, CPU backends, and the op table for parity tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dropkit import kernels
+
+
+def _devices() -> list:
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices.append(pytest.param("cuda", marks=pytest.mark.gpu))
+    return devices
+
+
+@pytest.fixture(params=_devices())
+def device(request) -> str:
+    return request.param
+
+
+@pytest.fixture(params=["numba", "reference"])
+def backend(request):
+    """Run the test once on the compiled CPU kernels and once on the torch-ops reference."""
+    with kernels.use_backend(request.param):
+        yield request.param
