@@ -55,7 +55,8 @@ class _MaskedAffineFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
-        return kernels.apply(grad, ctx.spec.linear()), None, None
+        # itself a masked linear map, applied through this Function so double backward works too
+        return _MaskedAffineFn.apply(grad, ctx.spec.linear(), False), None, None
 
 
 class _GaussianDropoutFn(torch.autograd.Function):

@@ -33,4 +33,5 @@ def masked_affine_ref(x: torch.Tensor, keep: torch.Tensor, scale: float, bias: f
     y = x.to(opmath) * scale
     if bias:
         y = y + bias
-    return torch.where(keep, y, torch.tensor(fill, dtype=opmath, device=x.device)).to(x.dtype)
+    # y is a fresh tensor laid out like x (TensorIterator follows x's stride order); fill it in place
+    return y.masked_fill_(~keep, fill).to(x.dtype)

@@ -1,0 +1,141 @@
+"""Backward: gradcheck, mask regeneration instead of storage, checkpoint recompute, p = 1 gradients."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.utils.checkpoint import checkpoint
+
+import dropkit.nn as dnn
+from dropkit import functional as F
+
+GRAD_OPS = [
+    pytest.param(lambda x, **k: F.dropout(x, 0.4, **k), (7, 5), id="dropout"),
+    pytest.param(lambda x, **k: F.dropout(x, 0.4, mode="classic", **k), (7, 5), id="dropout-classic"),
+    pytest.param(lambda x, **k: F.dropout1d(x, 0.4, **k), (3, 4, 5), id="dropout1d"),
+    pytest.param(lambda x, **k: F.dropout2d(x, 0.4, **k), (3, 4, 2, 3), id="dropout2d"),
+    pytest.param(lambda x, **k: F.dropout3d(x, 0.4, **k), (2, 4, 2, 2, 3), id="dropout3d"),
+    pytest.param(lambda x, **k: F.alpha_dropout(x, 0.4, True, **k), (7, 5), id="alpha_dropout"),
+    pytest.param(lambda x, **k: F.feature_alpha_dropout(x, 0.4, True, **k), (3, 4, 5), id="feature_alpha_dropout"),
+    pytest.param(lambda x, **k: F.gaussian_dropout(x, 0.4, **k), (7, 5), id="gaussian_dropout"),
+    pytest.param(lambda x, **k: F.gaussian_noise(x, 0.4, **k), (7, 5), id="gaussian_noise"),
+]
+
+
+@pytest.mark.parametrize(("fn", "shape"), GRAD_OPS)
+def test_gradcheck_float64(fn, shape, backend):
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: fn(t, seed=123), (x,))
+    assert torch.autograd.gradgradcheck(lambda t: fn(t, seed=123), (x,))
+
+
+@pytest.mark.parametrize(("fn", "shape"), GRAD_OPS)
+def test_nothing_of_input_size_is_kept_for_backward(fn, shape):
+    """Record every tensor autograd saves: a dropkit op keeps none (torch's dropout keeps a numel-sized mask)."""
+    saved: list[int] = []
+
+    def pack(t: torch.Tensor):
+        saved.append(t.numel())
+        return t
+
+    x = torch.randn((shape[0] * 16,) + shape[1:], requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = fn(x * 1.0, seed=3)  # a non-leaf input, as inside a network
+    assert saved == [], saved
+    y.sum().backward()
+    assert x.grad is not None
+
+    torch_saved: list[int] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: torch_saved.append(t.numel()) or t, lambda t: t):
+        torch.nn.functional.dropout(x * 1.0, 0.4)
+    assert max(torch_saved) >= x.numel()  # the contrast: torch keeps a mask of the input's size
+
+
+def test_backward_uses_the_forward_mask(backend):
+    x = torch.randn(1001, requires_grad=True)
+    y = F.dropout(x, 0.3, seed=9)
+    y.backward(torch.ones_like(y))
+    expected = (y.detach() != 0).float() / 0.7
+    torch.testing.assert_close(x.grad, expected, rtol=0, atol=0)
+
+
+def test_backward_bfloat16_and_channels(backend):
+    x = torch.randn(4, 6, 3, 3, dtype=torch.bfloat16, requires_grad=True)
+    y = F.dropout2d(x, 0.5, seed=1)
+    y.float().sum().backward()
+    kept = (F.dropout2d(torch.ones(4, 6, 3, 3), 0.5, seed=1) != 0).to(torch.bfloat16)
+    assert torch.equal(x.grad, kept * 2)
+
+
+@pytest.mark.parametrize("fn", [F.dropout, F.alpha_dropout, F.feature_alpha_dropout])
+def test_p1_gives_zero_gradients(fn):
+    x = torch.randn(4, 5, 6, requires_grad=True)
+    y = fn(x, 1.0, True)
+    assert torch.equal(y, torch.zeros_like(y))
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))
+
+
+def test_inplace_under_autograd_follows_torch():
+    x = torch.randn(100, requires_grad=True)
+    with pytest.raises(RuntimeError, match="leaf Variable that requires grad"):
+        F.dropout(x, 0.5, inplace=True)
+    h = x * 2
+    y = F.dropout(h, 0.5, inplace=True, seed=4)
+    assert y is h
+    y.sum().backward()
+    expected = (F.dropout(torch.ones(100), 0.5, seed=4) != 0).float() * 4
+    torch.testing.assert_close(x.grad, expected)
+
+
+def _net(dropout_cls) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Linear(16, 32), torch.nn.ReLU(), dropout_cls(0.5), torch.nn.Linear(32, 32), torch.nn.ReLU(),
+        dropout_cls(0.3), torch.nn.Linear(32, 4),
+    )
+
+
+@pytest.mark.parametrize("use_reentrant", [True, False])
+def test_checkpoint_recompute_gives_identical_gradients(use_reentrant):
+    net = _net(dnn.Dropout)
+    x = torch.randn(8, 16, requires_grad=True)
+
+    torch.manual_seed(42)
+    net(x).pow(2).sum().backward()
+    plain = [p.grad.clone() for p in net.parameters()] + [x.grad.clone()]
+
+    net.zero_grad()
+    x.grad = None
+    torch.manual_seed(42)
+    checkpoint(net, x, use_reentrant=use_reentrant).pow(2).sum().backward()
+    recomputed = [p.grad.clone() for p in net.parameters()] + [x.grad.clone()]
+    for a, b in zip(plain, recomputed):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("use_reentrant", [True, False])
+def test_checkpoint_of_functional_dropout_matches(use_reentrant):
+    w = torch.randn(32, 32, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(16, 32, dtype=torch.float64, requires_grad=True)
+
+    def block(inp):
+        return F.dropout(torch.tanh(inp @ w), 0.5) @ w
+
+    torch.manual_seed(1)
+    block(x).sum().backward()
+    g_plain = w.grad.clone()
+    w.grad = None
+    torch.manual_seed(1)
+    checkpoint(block, x, use_reentrant=use_reentrant).sum().backward()
+    assert torch.equal(w.grad, g_plain)
+
+
+def test_channel_dropout_gradient_zeroes_whole_channels():
+    x = torch.randn(3, 8, 4, 4, requires_grad=True)
+    F.dropout2d(x, 0.5, seed=7).sum().backward()
+    per_channel = x.grad.flatten(2)
+    assert bool(((per_channel == 0).all(-1) | (per_channel == 2).all(-1)).all())
+    assert math.isclose(float(per_channel.max()), 2.0)

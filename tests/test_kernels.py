@@ -1,0 +1,96 @@
+"""The compiled CPU kernels against the torch-ops reference: identical masks and values, odd shapes, offsets."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dropkit import kernels
+from dropkit.kernels import MaskSpec, cpu
+from dropkit.kernels.reference import keep_mask_ref, masked_affine_ref
+
+# odd sizes: primes and powers of two plus or minus one, to hit every loop tail
+SIZES = [1, 2, 3, 7, 31, 127, 255, 257, 1009, 4095, 4097, 65537]
+SPECS = [
+    pytest.param(MaskSpec(seed=0, offset=0, threshold=2**30 + 65, scale=2.0), id="dropout-p0.5"),
+    pytest.param(MaskSpec(seed=2**64 - 1, offset=2**32 - 100, threshold=123456789, scale=1.06), id="offset-wraps-2^32"),
+    pytest.param(MaskSpec(seed=77, offset=5, threshold=2**31 - 5, scale=3.5, bias=0.25, fill=-1.5), id="affine"),
+    pytest.param(MaskSpec(seed=3, offset=0, threshold=0, scale=1.0), id="keep-all"),
+    pytest.param(MaskSpec(seed=3, offset=0, threshold=2**31, scale=0.0), id="keep-none"),
+]
+
+
+@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize("numel", SIZES)
+def test_keep_mask_numba_equals_reference(spec, numel):
+    expected = keep_mask_ref(numel, spec.seed, spec.offset, spec.threshold)
+    assert torch.equal(cpu.keep_mask(numel, spec.seed, spec.offset, spec.threshold), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize("shape", [(4097,), (31, 7), (5, 3, 17), (2, 3, 1, 1)])
+@pytest.mark.parametrize("mask_dims", [-1, 1, 2])
+def test_fused_kernel_equals_reference(dtype, spec, shape, mask_dims):
+    spec = MaskSpec(spec.seed, spec.offset, spec.threshold, spec.scale, spec.bias, spec.fill, mask_dims)
+    x = torch.randn(shape, dtype=torch.float64).to(dtype)
+    x.view(-1)[:3] = torch.tensor([math.nan, math.inf, -math.inf], dtype=dtype)
+    mask_shape = spec.mask_shape(x.shape)
+    keep = keep_mask_ref(math.prod(mask_shape), spec.seed, spec.offset, spec.threshold).reshape(mask_shape)
+    expected = masked_affine_ref(x, keep, spec.scale, spec.bias, spec.fill)
+    with kernels.use_backend("numba"):
+        got = kernels.apply(x, spec)
+        inplace = x.clone()
+        assert kernels.apply(inplace, spec, out=inplace) is inplace
+    torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(inplace, expected, rtol=0, atol=0, equal_nan=True)
+
+
+def test_bfloat16_rounding_is_nearest_even():
+    # values chosen so x * scale lands exactly between two bfloat16 numbers
+    x = torch.tensor([1.0 + 2**-8, 1.0 + 3 * 2**-8, -(1.0 + 2**-8)], dtype=torch.float32).to(torch.bfloat16)
+    spec = MaskSpec(seed=0, offset=0, threshold=0, scale=1.0 + 2**-9)
+    with kernels.use_backend("numba"):
+        got = kernels.apply(x, spec)
+    expected = (x.float() * (1.0 + 2**-9)).to(torch.bfloat16)
+    assert torch.equal(got, expected)
+
+
+def test_backend_selection(monkeypatch):
+    monkeypatch.setenv("DROPKIT_CPU_BACKEND", "reference")
+    assert kernels.backend() == "reference"
+    monkeypatch.setenv("DROPKIT_CPU_BACKEND", "numba")
+    assert kernels.backend() == "numba"
+    with kernels.use_backend("reference"):
+        assert kernels.backend() == "reference"
+    monkeypatch.setenv("DROPKIT_CPU_BACKEND", "fast")
+    with pytest.raises(ValueError, match="DROPKIT_CPU_BACKEND must be one of auto, numba, reference, but got 'fast'"):
+        kernels.backend()
+    with pytest.raises(ValueError, match="use_backend: name must be one of"):
+        with kernels.use_backend("gpu"):
+            pass
+
+
+def test_fp16_and_complex_use_the_mask_route():
+    x16 = torch.randn(1001, dtype=torch.float16)
+    spec = MaskSpec(seed=5, offset=0, threshold=2**30, scale=2.0)
+    with kernels.use_backend("numba"):
+        got = kernels.apply(x16, spec)
+    with kernels.use_backend("reference"):
+        assert torch.equal(kernels.apply(x16, spec), got)
+    xc = torch.randn(64, dtype=torch.complex64)
+    y = kernels.apply(xc, spec)
+    assert y.dtype == torch.complex64 and bool(((y == 0) | (y == xc * 2)).all())
+
+
+def test_concurrent_calls_from_threads_are_safe():
+    from concurrent.futures import ThreadPoolExecutor
+
+    x = torch.randn(1 << 16)
+    spec = MaskSpec(seed=1, offset=0, threshold=2**30, scale=2.0)
+    expected = kernels.apply(x, spec)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: kernels.apply(x, spec), range(16)))
+    assert all(torch.equal(r, expected) for r in results)

@@ -1,0 +1,236 @@
+"""Drop-in compatibility with torch.nn.Dropout*: the behaviours torch's own dropout tests assert, and swaps."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import itertools
+import pickle
+import random
+
+import pytest
+import torch
+from torch import nn
+
+import dropkit.nn as dnn
+from dropkit import functional as F
+
+PAIRS = [
+    (dnn.Dropout, nn.Dropout, F.dropout, torch.nn.functional.dropout),
+    (dnn.Dropout1d, nn.Dropout1d, F.dropout1d, torch.nn.functional.dropout1d),
+    (dnn.Dropout2d, nn.Dropout2d, F.dropout2d, torch.nn.functional.dropout2d),
+    (dnn.Dropout3d, nn.Dropout3d, F.dropout3d, torch.nn.functional.dropout3d),
+    (dnn.AlphaDropout, nn.AlphaDropout, F.alpha_dropout, torch.nn.functional.alpha_dropout),
+    (dnn.FeatureAlphaDropout, nn.FeatureAlphaDropout, F.feature_alpha_dropout,
+     torch.nn.functional.feature_alpha_dropout),
+]
+IDS = [p[1].__name__ for p in PAIRS]
+
+
+@pytest.mark.parametrize(("ours", "theirs", "f_ours", "f_theirs"), PAIRS, ids=IDS)
+def test_signatures_defaults_repr_and_isinstance(ours, theirs, f_ours, f_theirs):
+    sig_ours, sig_theirs = inspect.signature(f_ours), inspect.signature(f_theirs)
+    positional = [p for p in sig_ours.parameters.values() if p.kind != p.KEYWORD_ONLY]
+    assert [(p.name, p.default) for p in positional] == [(p.name, p.default) for p in sig_theirs.parameters.values()]
+    assert all(p.kind == p.KEYWORD_ONLY for p in list(sig_ours.parameters.values())[len(positional):])
+    assert repr(ours(0.3)) == repr(theirs(0.3))
+    assert repr(ours(0.3, True)) == repr(theirs(0.3, True))
+    assert isinstance(ours(), theirs)
+    assert ours().state_dict() == theirs().state_dict() == {}
+
+
+def _model(cls2d, cls):
+    return nn.Sequential(nn.Conv2d(3, 4, 3), cls2d(0.2), nn.Flatten(), nn.Linear(4 * 6 * 6, 10), cls(0.5))
+
+
+def test_swapping_classes_keeps_state_dict_both_ways():
+    theirs = _model(nn.Dropout2d, nn.Dropout)
+    ours = _model(dnn.Dropout2d, dnn.Dropout)
+    ours.load_state_dict(theirs.state_dict())
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(ours.eval()(x), theirs.eval()(x))
+
+
+def test_modules_deepcopy_and_pickle_keep_their_seed_stream():
+    m = dnn.Dropout(0.5, seed=4)
+    x = torch.ones(100)
+    clone, restored = copy.deepcopy(m), pickle.loads(pickle.dumps(m))
+    first = m(x)
+    assert torch.equal(clone(x), first) and torch.equal(restored(x), first)
+
+
+def _test_dropout(cls, input, memory_format=torch.contiguous_format):
+    """torch's _test_dropout: output mean, layout of output and grad, inplace variant, eval."""
+    p = 0.2
+    input = input.fill_(1 - p)
+    for inplace in (False, True):
+        module = cls(p, inplace)
+        input_var = input.clone(memory_format=memory_format).requires_grad_()
+        output = module(input_var + 0 if inplace else input_var)
+        assert output.is_contiguous(memory_format=memory_format)
+        assert abs(output.data.mean() - (1 - p)) < 0.05
+        output.backward(input)
+        assert input_var.grad.is_contiguous(memory_format=memory_format)
+        assert abs(input_var.grad.data.mean() - (1 - p)) < 0.05
+    for inplace in (True, False):
+        module = cls(p, inplace).eval()
+        assert torch.equal(input, module(input))
+    str(module), repr(module)
+
+
+def _test_dropout_discontiguous(cls, memory_format=torch.contiguous_format):
+    for p in [0, 1e-10]:
+        inp = torch.ones(2, 3, 3, 3)
+        inp_discontiguous = torch.empty(2, 3, 3, 6, memory_format=memory_format)[..., ::2]
+        inp_discontiguous.copy_(inp)
+        out = cls(p=p)(inp_discontiguous)
+        if p != 0:
+            assert out.is_contiguous(memory_format=memory_format)
+        assert torch.equal(inp_discontiguous, out)
+
+
+def _test_dropout_stride_mean_preserve(cls):
+    def invert_perm(p):
+        d = {x: i for i, x in enumerate(p)}
+        return (d[0], d[1], d[2], d[3])
+
+    inp = torch.ones(2, 3, 4, 5)
+    for perm in itertools.permutations((0, 1, 2, 3), r=4):
+        for shift in [(0, 0), (1, 0), (0, 1), (1, 1)]:
+            for p in [1e-10, 0.3, 0.5, 0.7]:
+                permuted_inp = inp.permute(perm).contiguous().permute(invert_perm(perm))
+                permuted_inp = permuted_inp[shift[0] :, shift[1] :, :, :]
+                out = cls(p=p)(permuted_inp)
+                assert out.permute(perm).is_contiguous()
+                torch.testing.assert_close(inp.mean(), out.mean(), rtol=0.5, atol=0.5)
+                if p == 1e-10:
+                    assert torch.equal(permuted_inp, out)
+                else:
+                    assert not torch.equal(permuted_inp, out)
+
+
+def _test_dropoutNd_no_batch(dropout, input):
+    torch.manual_seed(7)
+    res_no_batch = dropout(input.clone())
+    torch.manual_seed(7)
+    res_batched = dropout(input.clone().unsqueeze(0)).squeeze(0)
+    assert torch.equal(res_no_batch, res_batched)
+
+
+def _test_dropoutNd_channel_zero(dropout, input):
+    shape = input.shape
+    channel_numel = torch.tensor(shape[2:]).prod()
+    result = dropout(input)
+    for b, c in itertools.product(range(shape[0]), range(shape[1])):
+        assert result[b, c].count_nonzero() in (0, channel_numel)
+
+
+def test_Dropout():
+    _test_dropout(dnn.Dropout, torch.empty(1000))
+    _test_dropout_discontiguous(dnn.Dropout)
+    _test_dropout_discontiguous(dnn.Dropout, memory_format=torch.channels_last)
+    _test_dropout_stride_mean_preserve(dnn.Dropout)
+    _test_dropout(dnn.Dropout, torch.empty(1000).bfloat16())
+
+
+def test_Dropout1d():
+    N, C, L = random.randint(10, 15), random.randint(10, 15), random.randint(10, 15)
+    _test_dropout(dnn.Dropout1d, torch.empty(N, C, L, dtype=torch.double))
+    with pytest.raises(RuntimeError, match="Expected 2D or 3D input, but received a 4D input"):
+        dnn.Dropout1d(p=0.5)(torch.rand(1, 2, 2, 2))
+    with pytest.raises(RuntimeError, match="Expected 2D or 3D input, but received a 1D input"):
+        dnn.Dropout1d(p=0.5)(torch.rand(2))
+    input = torch.rand(50, 2)
+    _test_dropoutNd_no_batch(dnn.Dropout1d(p=0.5), input)
+    _test_dropoutNd_no_batch(dnn.Dropout1d(p=0.5, inplace=True), input)
+    input = torch.ones(10, 4, 2)
+    _test_dropoutNd_channel_zero(dnn.Dropout1d(p=0.5), input)
+    _test_dropoutNd_channel_zero(dnn.Dropout1d(p=0.5, inplace=True), input)
+
+
+def test_Dropout2d():
+    b, w, h = random.randint(1, 5), random.randint(1, 5), random.randint(1, 5)
+    input = torch.empty(1000, b, w, h)
+    _test_dropout(dnn.Dropout2d, input)
+    _test_dropout(dnn.Dropout2d, input, memory_format=torch.channels_last)
+    _test_dropout_discontiguous(dnn.Dropout2d)
+    _test_dropout_discontiguous(dnn.Dropout2d, memory_format=torch.channels_last)
+    with pytest.warns(UserWarning, match="Received a 5-D input to dropout2d"):
+        dnn.Dropout2d(p=0.5)(torch.rand(1, 2, 2, 2, 2))
+    with pytest.warns(UserWarning, match="Received a 2-D input to dropout2d"):
+        dnn.Dropout2d(p=0.5)(torch.rand(1, 2))
+    with pytest.warns(UserWarning, match="assuming that channel-wise 1D dropout behavior is desired"):
+        dnn.Dropout2d(p=0.5)(torch.rand(1, 2, 2))
+    input = torch.ones(10, 4, 2, 2)
+    _test_dropoutNd_channel_zero(dnn.Dropout2d(p=0.5), input)
+    _test_dropoutNd_channel_zero(dnn.Dropout2d(p=0.5, inplace=True), input)
+
+
+def test_Dropout3d():
+    b, w, h, d = (random.randint(1, 5) for _ in range(4))
+    input = torch.empty(1000, b, d, w, h)
+    _test_dropout(dnn.Dropout3d, input)
+    _test_dropout_discontiguous(dnn.Dropout3d)
+    _test_dropout_discontiguous(dnn.Dropout3d, memory_format=torch.channels_last)
+    with pytest.warns(UserWarning, match="Received a 6-D input to dropout3d"):
+        dnn.Dropout3d(p=0.5)(torch.rand(1, 2, 2, 2, 2, 2))
+    with pytest.warns(UserWarning, match="Received a 3-D input to dropout3d"):
+        dnn.Dropout3d(p=0.5)(torch.rand(1, 2, 2))
+    input = torch.rand(50, 2, 2, 2)
+    _test_dropoutNd_no_batch(dnn.Dropout3d(p=0.5), input)
+    _test_dropoutNd_no_batch(dnn.Dropout3d(p=0.5, inplace=True), input)
+    input = torch.ones(10, 4, 2, 2, 2)
+    _test_dropoutNd_channel_zero(dnn.Dropout3d(p=0.5), input)
+    _test_dropoutNd_channel_zero(dnn.Dropout3d(p=0.5, inplace=True), input)
+
+
+def test_AlphaDropout_and_FeatureAlphaDropout():
+    for cls, input in [
+        (dnn.AlphaDropout, torch.randn(5000)),
+        (dnn.FeatureAlphaDropout, torch.randn(1000, 3, 2, 3, 4)),
+        (dnn.FeatureAlphaDropout, torch.randn(50, 20, 64, 64)),
+    ]:
+        mean, std = input.mean(), input.std()
+        for p in [0.2, 0.5, 0.8]:
+            input_var = input.detach().clone().requires_grad_()
+            output = cls(p)(input_var)
+            assert abs(output.data.mean() - mean) < 0.1
+            assert abs(output.data.std() - std) < 0.1
+            output.backward(input)
+
+
+def test_invalid_dropout_p_raises_value_error_like_torch():
+    v = torch.ones(1)
+    for cls in (dnn.Dropout, dnn.Dropout1d, dnn.Dropout2d, dnn.Dropout3d, dnn.AlphaDropout, dnn.FeatureAlphaDropout):
+        for p in (-0.1, 1.1):
+            with pytest.raises(ValueError):
+                cls(p)
+    for fn in (F.dropout, F.alpha_dropout, F.feature_alpha_dropout):
+        for p in (-0.1, 1.1):
+            with pytest.raises(ValueError):
+                fn(v, p)
+
+
+def test_statistics_match_torch():
+    # same keep rate and scale as torch: compare the fraction of zeros and the kept value
+    x = torch.ones(200_000)
+    ours, theirs = F.dropout(x, 0.3), torch.nn.functional.dropout(x, 0.3)
+    assert abs((ours == 0).float().mean() - (theirs == 0).float().mean()) < 0.01
+    assert torch.equal(ours[ours != 0].unique(), theirs[theirs != 0].unique())
+
+
+def test_eval_returns_the_input_itself_like_torch():
+    x = torch.randn(3, 4)
+    for ours, theirs in [(dnn.Dropout(0.5).eval(), nn.Dropout(0.5).eval()), (dnn.Dropout2d(0.5).eval(), None)]:
+        x = torch.randn(2, 3, 4, 4)
+        assert ours(x) is x
+        if theirs is not None:
+            assert theirs(x) is x
+
+
+def test_integer_input_in_eval_passes_through_like_torch():
+    x = torch.arange(6)
+    assert F.dropout(x, 0.5, training=False) is x
+    with pytest.raises(TypeError, match="dropout: input must be a floating-point tensor in training, but got torch.int64."):
+        F.dropout(x, 0.5)
