@@ -107,9 +107,11 @@ def choice(op: str, name: str, value: object, allowed: tuple[str, ...]) -> str:
 def min_dim(op: str, x: torch.Tensor, ndim: int, layout: str) -> None:
     """Raise ``ShapeError`` if ``x`` has fewer than ``ndim`` dimensions."""
     if x.dim() < ndim:
+        plural = "s" if ndim > 1 else ""
+        torch_words = " Feature dropout requires at least 2 dimensions in the input." if ndim == 2 else ""
         raise ShapeError(
-            f"{op}: input must have at least {ndim} dimensions {layout}, but got a {x.dim()}-D input. "
-            "Feature dropout requires at least 2 dimensions in the input; use dropout() for per-element dropout."
+            f"{op}: input must have at least {ndim} dimension{plural} {layout}, but got a {x.dim()}-D input."
+            f"{torch_words} Use dropout() for per-element dropout."
         )
 
 
