@@ -11,7 +11,6 @@ from scipy import stats
 
 import dropkit.nn as dnn
 from dropkit import functional as F
-from dropkit import kernels
 
 
 @dataclass(frozen=True)
@@ -147,6 +146,7 @@ def test_mask_structure(op, device):
     else:
         assert 0 < dropped.float().mean().item() < 1
 
+
 @pytest.mark.statistical
 @pytest.mark.parametrize("op", INVERTED_OPS)
 @pytest.mark.parametrize("p", [0.2, 0.5, 0.8])
@@ -157,6 +157,7 @@ def test_rescaling_preserves_mean(op, p):
     units = 64 * 64 if op.mask_dims == 2 else x.numel()
     se = x.mean().item() * math.sqrt(p / (1 - p) / units)
     assert abs(y.double().mean().item() - x.double().mean().item()) < 6 * se
+
 
 @pytest.mark.statistical
 @pytest.mark.parametrize("op", MASK_OPS)
@@ -210,7 +211,8 @@ def test_keep_spelling_equals_p():
     x = torch.randn(500)
     assert torch.equal(F.dropout(x, keep=0.8, seed=2), F.dropout(x, 0.2, seed=2))
     assert dnn.Dropout(keep=0.9).p == pytest.approx(0.1)
-    assert torch.equal(F.dropout2d(torch.ones(2, 3, 4, 4), keep=0.5, seed=1), F.dropout2d(torch.ones(2, 3, 4, 4), seed=1))
+    ones = torch.ones(2, 3, 4, 4)
+    assert torch.equal(F.dropout2d(ones, keep=0.5, seed=1), F.dropout2d(ones, seed=1))
 
 
 def test_dropped_nan_and_inf_are_exact_zeros_kept_ones_propagate(backend):
@@ -244,7 +246,8 @@ def test_alpha_dropout_dropped_value_is_constant():
     is_dropped = torch.isclose(dropped, torch.tensor(fill))
     assert bool(torch.isclose(y[is_dropped], torch.tensor(fill)).all())
     kept = ~is_dropped
-    torch.testing.assert_close(y[kept & torch.isfinite(x)], (x * a + F.SELU_ALPHA_PRIME * a * p)[kept & torch.isfinite(x)])
+    finite = kept & torch.isfinite(x)
+    torch.testing.assert_close(y[finite], (x * a + F.SELU_ALPHA_PRIME * a * p)[finite])
 
 
 def test_alpha_dropout_defaults_to_eval_like_torch():

@@ -20,6 +20,7 @@ def _dropout3d_of_a_scalar():
         warnings.simplefilter("ignore")
         return F.dropout3d(torch.tensor(1.0))
 
+
 CASES = [
     # (callable, exception, exact message)
     (lambda: F.dropout(X, 1.5), ValueError, "dropout: p must be in [0, 1], but got 1.5."),

@@ -1,4 +1,4 @@
-"""Property tests over shapes, dtypes, strides and p: every output is a drop or a scaled input, as the reference says."""
+"""Property tests over shapes, dtypes, strides and p: each output element is a drop or the scaled input."""
 
 from __future__ import annotations
 

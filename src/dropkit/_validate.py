@@ -38,9 +38,7 @@ def real(op: str, name: str, value: object) -> float:
     return float(value)
 
 
-def probability(
-    op: str, p: object, keep: object = None, *, default: float = 0.5, allow_one: bool = True
-) -> float:
+def probability(op: str, p: object, keep: object = None, *, default: float = 0.5, allow_one: bool = True) -> float:
     """Return the drop probability from ``p`` or its keep-probability spelling ``keep``.
 
     Args:

@@ -40,7 +40,7 @@ def explain(values: Sequence[float], p: float, seed: int, console: Console) -> N
     table = Table(title="Training pass")
     for name in ("unit", "x", "coin u", "kept?", "zeroed", f"× 1/(1-p) = × {_fmt(scale)}"):
         table.add_column(name, justify="right")
-    for i, (xi, u, k, yi) in enumerate(zip(x.tolist(), coins, kept, inverted.tolist())):
+    for i, (xi, u, k, yi) in enumerate(zip(x.tolist(), coins, kept, inverted.tolist(), strict=False)):
         table.add_row(
             str(i + 1),
             _fmt(xi),

@@ -164,7 +164,7 @@ def _key(seed: int) -> tuple[np.uint32, np.uint32]:
 
 
 def keep_mask(numel: int, seed: int, offset: int, threshold: int) -> torch.Tensor:
-    """Return the bool keep mask of counters ``offset .. offset + numel - 1`` (CPU), as :mod:`dropkit.rng` defines it."""
+    """Return the bool keep mask of counters ``offset .. offset + numel - 1`` on the CPU, as :mod:`dropkit.rng` says."""
     out = torch.empty(numel, dtype=torch.bool)
     if numel:
         with _LOCK:
@@ -191,10 +191,10 @@ def masked_affine(
         return
     k0, k1 = _key(seed)
     if x.dtype == torch.bfloat16:
-        xs, os_ = x.detach().view(torch.int16).numpy().view(np.uint16), out.view(torch.int16).numpy().view(np.uint16)
-        f32 = np.float32
-        fill_bits = np.uint16(torch.tensor(fill, dtype=torch.float32).to(torch.bfloat16).view(torch.int16).item() & 0xFFFF)
-        args = (k0, k1, np.uint64(offset), np.uint32(threshold), f32(scale), f32(bias), fill_bits)
+        xs, os_ = (t.detach().view(torch.int16).numpy().view(np.uint16) for t in (x, out))
+        fill_bf16 = torch.tensor(fill, dtype=torch.float32).to(torch.bfloat16)
+        fill_bits = np.uint16(fill_bf16.view(torch.int16).item() & 0xFFFF)
+        args = (k0, k1, np.uint64(offset), np.uint32(threshold), np.float32(scale), np.float32(bias), fill_bits)
         elementwise, rows = _affine_elementwise_bf16, _affine_rows_bf16
     else:
         xs, os_ = x.detach().numpy(), out.detach().numpy()

@@ -81,74 +81,116 @@ class _DropIn(_SeededMixin):
         return f"p={self.p}, inplace={self.inplace}" + self._extras()
 
 
-_ARGS = """
+class Dropout(_DropIn, nn.Dropout):
+    """Zero elements with probability ``p`` in training. See :func:`dropkit.functional.dropout`.
+
+    Drop-in for ``torch.nn.Dropout`` (and an instance of it).
+
     Args:
-        p: Probability of zeroing an element (a channel for the channel-wise classes). Default: ``0.5``.
+        p: Probability of zeroing an element. Default: ``0.5``.
         inplace: Modify the input in place. Default: ``False``.
-        mode: ``"inverted"`` or ``"classic"`` (keyword-only; not for the alpha classes). Default: ``"inverted"``.
+        mode: ``"inverted"`` or ``"classic"`` (keyword-only). Default: ``"inverted"``.
         keep: Keep probability, an alternative to ``p`` (keyword-only). Default: ``None``.
         seed: Seed of the module's own generator: reproducible, advancing masks (keyword-only).
         generator: A generator to draw seeds from (keyword-only). Default: torch's global CPU generator.
-"""
 
-
-class Dropout(_DropIn, nn.Dropout):
-    __doc__ = (
-        """Zero elements with probability ``p`` in training. See :func:`dropkit.functional.dropout`.
-
-    Drop-in for ``torch.nn.Dropout`` (and an instance of it).
-"""
-        + _ARGS
-        + """
     Example:
         >>> m = Dropout(p=0.5, seed=0)
         >>> m(torch.ones(2, 3)).shape
         torch.Size([2, 3])
         >>> m.eval()(torch.ones(3))
         tensor([1., 1., 1.])
-"""
-    )
+    """
+
     _functional = staticmethod(F.dropout)
 
 
 class Dropout1d(_DropIn, nn.Dropout1d):
-    __doc__ = "Zero whole channels of (N, C, L) / (C, L) inputs. See :func:`dropkit.functional.dropout1d`.\n" + _ARGS
+    """Zero whole channels of :math:`(N, C, L)` / :math:`(C, L)` inputs. See :func:`dropkit.functional.dropout1d`.
+
+    Args:
+        p: Probability of zeroing a channel. Default: ``0.5``.
+        inplace: Modify the input in place. Default: ``False``.
+        mode: ``"inverted"`` or ``"classic"`` (keyword-only). Default: ``"inverted"``.
+        keep: Keep probability, an alternative to ``p`` (keyword-only). Default: ``None``.
+        seed: Seed of the module's own generator: reproducible, advancing masks (keyword-only).
+        generator: A generator to draw seeds from (keyword-only). Default: torch's global CPU generator.
+    """
+
     _functional = staticmethod(F.dropout1d)
 
 
 class Dropout2d(_DropIn, nn.Dropout2d):
-    __doc__ = (
-        "Zero whole channels of (N, C, H, W) inputs. See :func:`dropkit.functional.dropout2d`.\n"
-        + _ARGS
-        + """
+    """Zero whole channels of :math:`(N, C, H, W)` inputs. See :func:`dropkit.functional.dropout2d`.
+
+    Args:
+        p: Probability of zeroing a channel. Default: ``0.5``.
+        inplace: Modify the input in place. Default: ``False``.
+        mode: ``"inverted"`` or ``"classic"`` (keyword-only). Default: ``"inverted"``.
+        keep: Keep probability, an alternative to ``p`` (keyword-only). Default: ``None``.
+        seed: Seed of the module's own generator: reproducible, advancing masks (keyword-only).
+        generator: A generator to draw seeds from (keyword-only). Default: torch's global CPU generator.
+
     Example:
         >>> m = Dropout2d(p=0.2)
         >>> m(torch.ones(2, 3, 4, 4)).shape
         torch.Size([2, 3, 4, 4])
-"""
-    )
+    """
+
     _functional = staticmethod(F.dropout2d)
 
 
 class Dropout3d(_DropIn, nn.Dropout3d):
-    __doc__ = "Zero whole channels of (N, C, D, H, W) / (C, D, H, W) inputs. See :func:`dropkit.functional.dropout3d`.\n" + _ARGS
+    """Zero whole channels of :math:`(N, C, D, H, W)` / :math:`(C, D, H, W)` inputs.
+
+    See :func:`dropkit.functional.dropout3d`.
+
+    Args:
+        p: Probability of zeroing a channel. Default: ``0.5``.
+        inplace: Modify the input in place. Default: ``False``.
+        mode: ``"inverted"`` or ``"classic"`` (keyword-only). Default: ``"inverted"``.
+        keep: Keep probability, an alternative to ``p`` (keyword-only). Default: ``None``.
+        seed: Seed of the module's own generator: reproducible, advancing masks (keyword-only).
+        generator: A generator to draw seeds from (keyword-only). Default: torch's global CPU generator.
+    """
+
     _functional = staticmethod(F.dropout3d)
 
 
 class AlphaDropout(_DropIn, nn.AlphaDropout):
-    __doc__ = "Alpha dropout for SELU networks. See :func:`dropkit.functional.alpha_dropout`.\n" + _ARGS
+    """Alpha dropout for SELU networks. See :func:`dropkit.functional.alpha_dropout`.
+
+    Args:
+        p: Probability of zeroing an element. Default: ``0.5``.
+        inplace: Modify the input in place. Default: ``False``.
+        keep: Keep probability, an alternative to ``p`` (keyword-only). Default: ``None``.
+        seed: Seed of the module's own generator: reproducible, advancing masks (keyword-only).
+        generator: A generator to draw seeds from (keyword-only). Default: torch's global CPU generator.
+    """
+
     _functional = staticmethod(F.alpha_dropout)
     _modes = ("inverted",)
 
 
 class FeatureAlphaDropout(_DropIn, nn.FeatureAlphaDropout):
-    __doc__ = "Channel-wise alpha dropout. See :func:`dropkit.functional.feature_alpha_dropout`.\n" + _ARGS
+    """Channel-wise alpha dropout. See :func:`dropkit.functional.feature_alpha_dropout`.
+
+    Args:
+        p: Probability of zeroing a channel. Default: ``0.5``.
+        inplace: Modify the input in place. Default: ``False``.
+        keep: Keep probability, an alternative to ``p`` (keyword-only). Default: ``None``.
+        seed: Seed of the module's own generator: reproducible, advancing masks (keyword-only).
+        generator: A generator to draw seeds from (keyword-only). Default: torch's global CPU generator.
+    """
+
     _functional = staticmethod(F.feature_alpha_dropout)
     _modes = ("inverted",)
 
 
 class GaussianDropout(_SeededMixin, nn.Module):
-    """Multiplicative Gaussian noise with the variance of dropout at rate ``p``. See :func:`dropkit.functional.gaussian_dropout`.
+    """Multiplicative Gaussian noise with the variance of dropout at rate ``p``.
+
+    See :func:`dropkit.functional.gaussian_dropout`.
 
     Args:
         p: Drop rate the noise matches, ``0 <= p < 1``. Default: ``0.5``.
@@ -177,9 +219,11 @@ class GaussianDropout(_SeededMixin, nn.Module):
         self._setup_rng(seed, generator)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        """Apply the noise in training; identity in eval."""
         return F.gaussian_dropout(input, self.p, self.training, self.inplace, generator=self.generator)
 
     def extra_repr(self) -> str:
+        """Describe the hyperparameters, as torch's dropout modules do."""
         return f"p={self.p}, inplace={self.inplace}" + self._extras()
 
 
@@ -211,7 +255,9 @@ class GaussianNoise(_SeededMixin, nn.Module):
         self._setup_rng(seed, generator)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        """Apply the noise in training; identity in eval."""
         return F.gaussian_noise(input, self.stddev, self.training, self.inplace, generator=self.generator)
 
     def extra_repr(self) -> str:
+        """Describe the hyperparameters."""
         return f"stddev={self.stddev}, inplace={self.inplace}" + self._extras()
