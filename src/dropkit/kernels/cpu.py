@@ -29,7 +29,7 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
 import numba  # noqa: E402
 from llvmlite import ir  # noqa: E402
 from numba import njit, prange, types, uint16, uint32, uint64  # noqa: E402
-from numba.extending import intrinsic  # noqa: E402
+from numba.extending import intrinsic, overload  # noqa: E402
 
 from .. import rng  # noqa: E402
 
@@ -105,58 +105,112 @@ def _f32_to_bf16(value: np.float32) -> np.uint16:  # pragma: no cover
     return uint16((bits + uint32(0x7FFF) + ((bits >> uint32(16)) & uint32(1))) >> uint32(16))
 
 
-@njit(parallel=True, cache=True)
-def _affine_elementwise(x, out, k0, k1, offset, threshold, scale, bias, fill):  # pragma: no cover
-    for i in prange(x.size):
-        y = x[i] * scale
+def _load(x, i):  # pragma: no cover - replaced by the overload below inside compiled code
+    raise NotImplementedError
+
+
+def _store(out, i, value):  # pragma: no cover
+    raise NotImplementedError
+
+
+@overload(_load, inline="always")
+def _load_overload(x, i):  # pragma: no cover - compiled
+    """Read element ``i`` as a number: bfloat16 (held as uint16 bits) widens to float32."""
+    if x.dtype == types.uint16:
+        return lambda x, i: _bf16_to_f32(x[i])
+    return lambda x, i: x[i]
+
+
+@overload(_store, inline="always")
+def _store_overload(out, i, value):  # pragma: no cover - compiled
+    """Write a number to element ``i``: to bfloat16 bits with round-to-nearest-even when ``out`` holds uint16."""
+    if out.dtype == types.uint16:
+
+        def store_bf16(out, i, value):
+            out[i] = _f32_to_bf16(value)
+
+        return store_bf16
+
+    def store(out, i, value):
+        out[i] = value
+
+    return store
+
+
+@njit(inline="always")
+def _elementwise_span(x, out, start, stop, k0, k1, offset, threshold, scale, bias, fill):  # pragma: no cover
+    for i in range(start, stop):
+        y = _load(x, i) * scale
         if bias != 0:
             y = y + bias
-        out[i] = y if _kept(offset + uint64(i), k0, k1, threshold) else fill
+        _store(out, i, y if _kept(offset + uint64(i), k0, k1, threshold) else fill)
 
 
-@njit(parallel=True, cache=True)
-def _affine_rows(x, out, k0, k1, offset, threshold, scale, bias, fill, row):  # pragma: no cover
-    for m in prange(x.size // row):
+@njit(inline="always")
+def _rows_span(x, out, start, stop, k0, k1, offset, threshold, scale, bias, fill, row):  # pragma: no cover
+    for m in range(start, stop):
         base = m * row
         if _kept(offset + uint64(m), k0, k1, threshold):
-            for j in range(row):
-                y = x[base + j] * scale
+            for j in range(base, base + row):
+                y = _load(x, j) * scale
                 if bias != 0:
                     y = y + bias
-                out[base + j] = y
+                _store(out, j, y)
         else:
-            for j in range(row):
-                out[base + j] = fill
+            for j in range(base, base + row):
+                _store(out, j, fill)
 
 
-@njit(parallel=True, cache=True)
-def _affine_elementwise_bf16(x, out, k0, k1, offset, threshold, scale, bias, fill):  # pragma: no cover
-    for i in prange(x.size):
-        y = _bf16_to_f32(x[i]) * scale
-        if bias != 0:
-            y = y + bias
-        out[i] = _f32_to_bf16(y) if _kept(offset + uint64(i), k0, k1, threshold) else fill
-
-
-@njit(parallel=True, cache=True)
-def _affine_rows_bf16(x, out, k0, k1, offset, threshold, scale, bias, fill, row):  # pragma: no cover
-    for m in prange(x.size // row):
-        base = m * row
-        if _kept(offset + uint64(m), k0, k1, threshold):
-            for j in range(row):
-                y = _bf16_to_f32(x[base + j]) * scale
-                if bias != 0:
-                    y = y + bias
-                out[base + j] = _f32_to_bf16(y)
-        else:
-            for j in range(row):
-                out[base + j] = fill
-
-
-@njit(parallel=True, cache=True)
-def _keep_mask(out, k0, k1, offset, threshold):  # pragma: no cover
-    for i in prange(out.size):
+@njit(inline="always")
+def _mask_span(out, start, stop, k0, k1, offset, threshold):  # pragma: no cover
+    for i in range(start, stop):
         out[i] = _kept(offset + uint64(i), k0, k1, threshold)
+
+
+# Parallel kernels split the work into chunks of _CHUNK counters; their serial twins (for small inputs, where
+# a parallel launch costs more than the work) run the same span in one go.
+_CHUNK = 4096
+
+
+@njit(parallel=True, cache=True)
+def _elementwise_parallel(x, out, k0, k1, offset, threshold, scale, bias, fill):  # pragma: no cover
+    n = x.size
+    for c in prange((n + _CHUNK - 1) // _CHUNK):
+        _elementwise_span(x, out, c * _CHUNK, min(n, (c + 1) * _CHUNK), k0, k1, offset, threshold, scale, bias, fill)
+
+
+@njit(cache=True)
+def _elementwise_serial(x, out, k0, k1, offset, threshold, scale, bias, fill):  # pragma: no cover
+    _elementwise_span(x, out, 0, x.size, k0, k1, offset, threshold, scale, bias, fill)
+
+
+@njit(parallel=True, cache=True)
+def _rows_parallel(x, out, k0, k1, offset, threshold, scale, bias, fill, row):  # pragma: no cover
+    m = x.size // row
+    step = max(1, _CHUNK // row)
+    for c in prange((m + step - 1) // step):
+        _rows_span(x, out, c * step, min(m, (c + 1) * step), k0, k1, offset, threshold, scale, bias, fill, row)
+
+
+@njit(cache=True)
+def _rows_serial(x, out, k0, k1, offset, threshold, scale, bias, fill, row):  # pragma: no cover
+    _rows_span(x, out, 0, x.size // row, k0, k1, offset, threshold, scale, bias, fill, row)
+
+
+@njit(parallel=True, cache=True)
+def _mask_parallel(out, k0, k1, offset, threshold):  # pragma: no cover
+    n = out.size
+    for c in prange((n + _CHUNK - 1) // _CHUNK):
+        _mask_span(out, c * _CHUNK, min(n, (c + 1) * _CHUNK), k0, k1, offset, threshold)
+
+
+@njit(cache=True)
+def _mask_serial(out, k0, k1, offset, threshold):  # pragma: no cover
+    _mask_span(out, 0, out.size, k0, k1, offset, threshold)
+
+
+#: Below this many elements the serial kernels win: a parallel launch costs about as much as 16k elements.
+PARALLEL_MIN = 1 << 14
 
 
 def _key(seed: int) -> tuple[np.uint32, np.uint32]:
@@ -166,9 +220,9 @@ def _key(seed: int) -> tuple[np.uint32, np.uint32]:
 def keep_mask(numel: int, seed: int, offset: int, threshold: int) -> torch.Tensor:
     """Return the bool keep mask of counters ``offset .. offset + numel - 1`` on the CPU, as :mod:`dropkit.rng` says."""
     out = torch.empty(numel, dtype=torch.bool)
-    if numel:
-        with _LOCK:
-            _keep_mask(out.numpy(), *_key(seed), np.uint64(offset), np.uint32(threshold))
+    kernel = _mask_parallel if numel >= PARALLEL_MIN else _mask_serial
+    with _LOCK:
+        kernel(out.numpy(), *_key(seed), np.uint64(offset), np.uint32(threshold))
     return out
 
 
@@ -189,24 +243,20 @@ def masked_affine(
     """
     if x.numel() == 0:
         return
-    k0, k1 = _key(seed)
-    if x.dtype == torch.bfloat16:
+    if x.dtype == torch.bfloat16:  # numba has no bfloat16: pass the bits, widen and round inside the kernel
         xs, os_ = (t.detach().view(torch.int16).numpy().view(np.uint16) for t in (x, out))
-        fill_bf16 = torch.tensor(fill, dtype=torch.float32).to(torch.bfloat16)
-        fill_bits = np.uint16(fill_bf16.view(torch.int16).item() & 0xFFFF)
-        args = (k0, k1, np.uint64(offset), np.uint32(threshold), np.float32(scale), np.float32(bias), fill_bits)
-        elementwise, rows = _affine_elementwise_bf16, _affine_rows_bf16
+        real = np.float32
     else:
         xs, os_ = x.detach().numpy(), out.detach().numpy()
         real = np.float32 if x.dtype == torch.float32 else np.float64
-        args = (k0, k1, np.uint64(offset), np.uint32(threshold), real(scale), real(bias), real(fill))
-        elementwise, rows = _affine_elementwise, _affine_rows
     xs, os_ = xs.reshape(-1), os_.reshape(-1)
+    args = (*_key(seed), np.uint64(offset), np.uint32(threshold), real(scale), real(bias), real(fill))
+    parallel = x.numel() >= PARALLEL_MIN
     with _LOCK:
         if row == 1:
-            elementwise(xs, os_, *args)
+            (_elementwise_parallel if parallel else _elementwise_serial)(xs, os_, *args)
         else:
-            rows(xs, os_, *args, np.int64(row))
+            (_rows_parallel if parallel else _rows_serial)(xs, os_, *args, np.int64(row))
 
 
 def threads() -> int:
