@@ -15,7 +15,9 @@ from dropkit.kernels.reference import keep_mask_ref, masked_affine_ref
 SIZES = [1, 2, 3, 7, 31, 127, 255, 257, 1009, 4095, 4097, 65537]
 SPECS = [
     pytest.param(MaskSpec(seed=0, offset=0, threshold=2**30 + 65, scale=2.0), id="dropout-p0.5"),
-    pytest.param(MaskSpec(seed=2**64 - 1, offset=2**32 - 100, threshold=123456789, scale=1.06), id="offset-wraps-2^32"),
+    pytest.param(
+        MaskSpec(seed=2**64 - 1, offset=1024 * 2**32 - 700, threshold=123456789, scale=1.06), id="counter-2^32"
+    ),
     pytest.param(MaskSpec(seed=77, offset=5, threshold=2**31 - 5, scale=3.5, bias=0.25, fill=-1.5), id="affine"),
     pytest.param(MaskSpec(seed=3, offset=0, threshold=0, scale=1.0), id="keep-all"),
     pytest.param(MaskSpec(seed=3, offset=0, threshold=2**31, scale=0.0), id="keep-none"),

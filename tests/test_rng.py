@@ -32,10 +32,16 @@ def test_philox_known_answers(counter, key, expected):
     assert tuple(int(w) for w in words) == expected
 
 
-def test_numba_philox_known_answer():
+def test_numba_philox_known_answers():
     from dropkit.kernels import cpu
 
-    assert int(cpu._philox_word0(np.uint64(0), np.uint32(0), np.uint32(0))) == 0x6627E8D5
+    words = cpu._philox4(np.uint64(0), np.uint32(0), np.uint32(0))
+    assert tuple(int(w) for w in words) == KAT[0][2]
+    # counter (2^32 + 3) -> (3, 1, 0, 0): the high half goes to word 1, as the torch-ops version does
+    key = (0xA4093822, 0x299F31D0)
+    expected = rng.philox4x32(*(torch.tensor([c]) for c in (3, 1, 0, 0)), *key)
+    got = cpu._philox4(np.uint64(2**32 + 3), np.uint32(key[0]), np.uint32(key[1]))
+    assert [int(w) for w in got] == [int(w) for w in expected]
 
 
 # uint32 word -> float32 uniform, Triton's uint_to_uniform_float (exact float32 bit patterns).
@@ -59,19 +65,33 @@ def test_uint32_to_uniform_known_answers():
     assert got.tolist() == [u for _, u in UNIFORM_KAT]
 
 
-def test_uniform_range_and_counter_layout():
+def test_uniform_range_and_offsets():
     u = rng.uniform((3, 5), seed=123, offset=7)
     assert u.shape == (3, 5) and u.dtype == torch.float32
     assert bool(((u >= 0) & (u < 1)).all())
-    # element n uses counter offset + n: a shifted window of the same stream
+    # element n has global index offset + n: a shifted window of the same stream
     assert torch.equal(rng.uniform(20, seed=123, offset=2)[5:], u.flatten())
     assert not torch.equal(rng.uniform(15, seed=124, offset=7), u.flatten())
+    long = rng.uniform(5000, seed=9)
+    for offset, n in [(0, 1), (255, 3), (1000, 50), (1023, 2), (2047, 1500)]:
+        assert torch.equal(rng.uniform(n, seed=9, offset=offset), long[offset : offset + n])
+
+
+def test_grouped_layout_four_words_per_counter():
+    # global index m -> word (m // 256) % 4 of counter 256 * (m // 1024) + m % 256
+    seed, m = 77, torch.arange(3000)
+    words = rng.random_words(3 * 256, seed)
+    counter, slot = 256 * (m // 1024) + m % 256, (m // 256) % 4
+    expected = torch.stack(words)[slot, counter]
+    assert torch.equal(rng.element_words(3000, seed), expected)
+    assert rng.LANES == 256 and rng.GROUP == 1024
 
 
 def test_counter_high_word_is_used():
-    # counters beyond 2^32 put their high 32 bits in counter word 1: no wrap-around to small counters
-    assert not torch.equal(rng.uniform(8, seed=5, offset=2**32), rng.uniform(8, seed=5, offset=0))
-    words = rng.random_words(1, seed=0, offset=2**32 + 3, count=4)
+    # indices beyond 2^32 counters put the counter's high 32 bits in word 1: no wrap-around to small counters
+    far = 1024 * 2**32
+    assert not torch.equal(rng.uniform(8, seed=5, offset=far), rng.uniform(8, seed=5, offset=0))
+    words = rng.random_words(1, seed=0, offset=2**32 + 3)
     expected = rng.philox4x32(*(torch.tensor([c]) for c in (3, 1, 0, 0)), 0, 0)
     assert [int(w) for w in words] == [int(w) for w in expected]
 
@@ -131,35 +151,38 @@ TRITON_SCRIPT = textwrap.dedent(
     from dropkit import rng
 
     @triton.jit
-    def _draw(out_u, out_w, out_n, seed, offset, n, BLOCK: tl.constexpr):
-        offs = tl.arange(0, BLOCK)
-        ctr = offset + offs.to(tl.int64)
-        mask = offs < n
-        tl.store(out_u + offs, tl.rand(seed, ctr), mask=mask)
-        w0, w1, w2, w3 = tl.randint4x(seed, ctr)
-        tl.store(out_w + 4 * offs, w0, mask=mask)
-        tl.store(out_w + 4 * offs + 1, w1, mask=mask)
-        tl.store(out_w + 4 * offs + 2, w2, mask=mask)
-        tl.store(out_w + 4 * offs + 3, w3, mask=mask)
-        tl.store(out_n + offs, tl.randn(seed, ctr), mask=mask)
+    def _draw(out_u, out_z, out_u0, seed, first_counter, LANES: tl.constexpr):
+        # one group: LANES counters, four words each, stored word-major (dropkit's layout)
+        lane = tl.arange(0, LANES)
+        ctr = first_counter + lane.to(tl.int64)
+        u0, u1, u2, u3 = tl.rand4x(seed, ctr)
+        tl.store(out_u + lane, u0)
+        tl.store(out_u + LANES + lane, u1)
+        tl.store(out_u + 2 * LANES + lane, u2)
+        tl.store(out_u + 3 * LANES + lane, u3)
+        z0, z1, z2, z3 = tl.randn4x(seed, ctr)
+        tl.store(out_z + lane, z0)
+        tl.store(out_z + LANES + lane, z1)
+        tl.store(out_z + 2 * LANES + lane, z2)
+        tl.store(out_z + 3 * LANES + lane, z3)
+        tl.store(out_u0 + lane, tl.rand(seed, ctr))
 
-    n = 61
-    for seed, offset in [(0, 0), (12345, 17), (2**63 - 25, 2**32 - 30), (0xDEADBEEFCAFE, 2**40 + 3)]:
-        u = torch.empty(n, dtype=torch.float32)
-        w = torch.empty(4 * n, dtype=torch.int32)
-        z = torch.empty(n, dtype=torch.float32)
-        _draw[(1,)](u, w, z, seed, offset, n, BLOCK=64)
-        assert torch.equal(u, rng.uniform(n, seed, offset)), (seed, offset)
-        ref = torch.stack(rng.random_words(n, seed, offset, count=4), dim=1).reshape(-1)
-        assert torch.equal(w.to(torch.int64) & 0xFFFFFFFF, ref), (seed, offset)
-        torch.testing.assert_close(z, rng.normal(n, seed, offset), rtol=1e-5, atol=1e-5)
+    L = rng.LANES
+    for seed, group in [(0, 0), (12345, 3), (2**63 - 25, 2**24 - 1), (0xDEADBEEFCAFE, 2**33 + 5)]:
+        u = torch.empty(4 * L, dtype=torch.float32)
+        z = torch.empty(4 * L, dtype=torch.float32)
+        u0 = torch.empty(L, dtype=torch.float32)
+        _draw[(1,)](u, z, u0, seed, group * L, LANES=L)
+        assert torch.equal(u, rng.uniform(4 * L, seed, offset=group * 4 * L)), (seed, group)
+        assert torch.equal(u0, rng.uniform(L, seed, offset=group * 4 * L)), (seed, group)
+        torch.testing.assert_close(z, rng.normal(4 * L, seed, offset=group * 4 * L), rtol=1e-5, atol=1e-5)
     print("TRITON-EQUIVALENT")
     """
 )
 
 
 def test_uniform_is_bit_identical_to_triton_rand():
-    """Run tl.rand / tl.randint4x / tl.randn in Triton's interpreter (TRITON_INTERPRET=1) and compare."""
+    """Run tl.rand4x / tl.randn4x / tl.rand in Triton's interpreter (TRITON_INTERPRET=1) and compare."""
     pytest.importorskip("triton", reason="triton is part of the test extra on Linux x86_64")
     env = dict(os.environ, TRITON_INTERPRET="1")
     result = subprocess.run([sys.executable, "-c", TRITON_SCRIPT], env=env, capture_output=True, text=True, timeout=300)

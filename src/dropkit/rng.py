@@ -13,10 +13,13 @@ counter → uniform mapping of Triton's ``tl.rand(seed, offsets)`` for int64 off
     u(s, c) = \mathrm{fl}_{32}\big(\mathrm{fold}(w_0) \cdot 4.6566127342\times 10^{-10}\big),
     \qquad \mathrm{fold}(w) = w \text{ if } w < 2^{31} \text{ else } 2^{32} - 1 - w
 
-so :math:`u \in [0, 1)` (Triton's ``uint_to_uniform_float``). A dropout call with seed ``s`` and
-offset ``o`` gives the ``n``-th element of its mask (row-major order of the mask's logical shape) the
-uniform :math:`u(s, o + n)` and keeps it iff :math:`u \ge p`. Because ``fold`` and the float
-conversion are monotone, the test is done exactly in integers: ``fold(w_0) >= keep_threshold(p)``.
+so :math:`u \in [0, 1)` (Triton's ``uint_to_uniform_float``). Each counter yields four words, so
+elements are laid out in groups of 1024 = 4 words × 256 counters: element ``n`` of a call with seed ``s``
+and offset ``o`` has global index :math:`m = o + n` and takes word :math:`j = \lfloor m / 256 \rfloor \bmod 4`
+of counter :math:`c = 256 \lfloor m / 1024 \rfloor + (m \bmod 256)` — exactly Triton's
+``tl.rand4x(seed, c)[j]``, and each block of 256 elements is one vector of counters, which keeps CPU and GPU
+kernels vectorised with one Philox call per four elements. It is kept iff :math:`u \ge p`. Because ``fold``
+and the float conversion are monotone, the test is done exactly in integers: ``fold(w) >= keep_threshold(p)``.
 
 Nothing here stores a mask: backward recomputes it from ``(seed, offset)``. Seeds come from torch's
 default CPU generator unless a ``generator`` or an explicit ``seed`` is given, so ``torch.manual_seed``
@@ -43,7 +46,10 @@ __all__ = [
     "UNIFORM_SCALE",
     "philox4x32",
     "uint32_to_uniform",
+    "LANES",
+    "GROUP",
     "random_words",
+    "element_words",
     "uniform",
     "normal",
     "keep_threshold",
@@ -56,6 +62,9 @@ PHILOX_ROUND_A = 0xD2511F53  #: Multiplier applied to counter word 0.
 PHILOX_ROUND_B = 0xCD9E8D57  #: Multiplier applied to counter word 2.
 PHILOX_ROUNDS = 10
 UNIFORM_SCALE = 4.6566127342e-10  #: Triton's uint32 → [0, 1) scale: the largest s with (2^31 - 1)·s < 1 in fp32.
+
+LANES = 256  #: Counters per group: one vector of consecutive counters.
+GROUP = 4 * LANES  #: Elements per group: the four Philox words of LANES counters, word-major.
 
 _MASK32 = 0xFFFFFFFF
 _SEED_LIMIT = 2**64
@@ -145,31 +154,53 @@ def _split_seed(seed: int) -> tuple[int, int]:
 
 
 def random_words(
-    numel: int, seed: int, offset: int = 0, *, device: torch.device | str | None = None, count: int = 1
-) -> tuple[torch.Tensor, ...]:
-    """Return the first ``count`` Philox output words for counters ``offset .. offset + numel - 1``.
+    numel: int, seed: int, offset: int = 0, *, device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return the four Philox output words of counters ``offset .. offset + numel - 1``.
+
+    Counter ``c`` is ``(c mod 2^32, c div 2^32, 0, 0)`` and the key is the seed's two 32-bit halves, as
+    Triton's ``tl.randint4x(seed, c)`` with int64 ``c``.
 
     Args:
         numel: Number of consecutive counters.
         seed: 64-bit key.
         offset: First counter. Default: ``0``.
         device: Device of the result. Default: CPU.
-        count: How many of the four output words to return (1 to 4). Default: ``1``.
 
     Returns:
-        ``count`` int64 tensors of shape ``(numel,)`` holding uint32 values.
+        Four int64 tensors of shape ``(numel,)`` holding uint32 values.
     """
     counter = torch.arange(offset, offset + numel, dtype=torch.int64, device=device)
     zero = torch.zeros((), dtype=torch.int64, device=device)
-    words = philox4x32(counter & _MASK32, counter >> 32, zero, zero, *_split_seed(seed))
-    return words[:count]
+    return philox4x32(counter & _MASK32, counter >> 32, zero, zero, *_split_seed(seed))
+
+
+def _grouped_words(numel: int, seed: int, offset: int, device) -> tuple[torch.Tensor, int]:
+    """Return the words of every group that elements ``offset .. offset + numel - 1`` touch, as ``(G, 4, LANES)``.
+
+    Also returns the position of element ``offset`` in the flattened result.
+    """
+    first, last = offset // GROUP, (offset + max(numel, 1) - 1) // GROUP
+    words = random_words((last - first + 1) * LANES, seed, first * LANES, device=device)
+    grouped = torch.stack(words).reshape(4, last - first + 1, LANES).transpose(0, 1)
+    return grouped, offset - first * GROUP
+
+
+def element_words(numel: int, seed: int, offset: int = 0, *, device: torch.device | str | None = None) -> torch.Tensor:
+    """Return the Philox word of each element ``offset .. offset + numel - 1`` under the grouped layout.
+
+    Returns:
+        int64 tensor of shape ``(numel,)`` holding uint32 values.
+    """
+    grouped, start = _grouped_words(numel, seed, offset, device)
+    return grouped.reshape(-1)[start : start + numel]
 
 
 def uniform(shape: ShapeLike, seed: int, offset: int = 0, *, device: torch.device | str | None = None) -> torch.Tensor:
-    r"""Return float32 uniforms :math:`u(s, o + n)` in :math:`[0, 1)`, equal to Triton's ``tl.rand(seed, offset + n)``.
+    r"""Return float32 uniforms in :math:`[0, 1)`: element ``n`` gets Triton's ``tl.rand4x(seed, c)[j]`` of its slot.
 
     Args:
-        shape: Shape of the result; element ``n`` in row-major order uses counter ``offset + n``.
+        shape: Shape of the result; element ``n`` in row-major order has global index ``offset + n``.
         seed: 64-bit key, an int in ``[0, 2^64)``.
         offset: First counter. Default: ``0``.
         device: Device of the result. Default: CPU.
@@ -185,30 +216,32 @@ def uniform(shape: ShapeLike, seed: int, offset: int = 0, *, device: torch.devic
         True
     """
     n, dims = _numel(shape)
-    (w0,) = random_words(n, seed, offset, device=device)
-    return uint32_to_uniform(w0).reshape(dims)
+    return uint32_to_uniform(element_words(n, seed, offset, device=device)).reshape(dims)
 
 
 def normal(shape: ShapeLike, seed: int, offset: int = 0, *, device: torch.device | str | None = None) -> torch.Tensor:
-    r"""Return float32 standard normals from the same counters, as Triton's ``tl.randn(seed, offset + n)``.
+    r"""Return float32 standard normals, element ``n`` from its slot as Triton's ``tl.randn4x(seed, c)[j]``.
 
-    Box–Muller on the first two words of each counter:
-    :math:`z = \sqrt{-2 \ln \max(10^{-7}, u_0)}\, \cos(2\pi u_1)`.
+    Box–Muller on word pairs (0, 1) and (2, 3) of each counter: with
+    :math:`r = \sqrt{-2 \ln \max(10^{-7}, u_{2k})}` and :math:`\theta = 2\pi u_{2k+1}`, words ``2k`` and
+    ``2k + 1`` give :math:`r\cos\theta` and :math:`r\sin\theta`.
 
     Args:
-        shape: Shape of the result; element ``n`` uses counter ``offset + n``.
+        shape: Shape of the result; element ``n`` has global index ``offset + n``.
         seed: 64-bit key.
-        offset: First counter. Default: ``0``.
+        offset: First global index. Default: ``0``.
         device: Device of the result. Default: CPU.
 
     Returns:
         float32 tensor of the given shape.
     """
     n, dims = _numel(shape)
-    w0, w1 = random_words(n, seed, offset, device=device, count=2)
-    u0 = uint32_to_uniform(w0).clamp_min_(1.0e-7)
-    u1 = uint32_to_uniform(w1)
-    return (torch.sqrt(-2.0 * torch.log(u0)) * torch.cos(6.283185307179586 * u1)).reshape(dims)
+    grouped, start = _grouped_words(n, seed, offset, device)
+    u = uint32_to_uniform(grouped)
+    radius = torch.sqrt(-2.0 * torch.log(u[:, 0::2].clamp_min(1.0e-7)))
+    theta = 6.283185307179586 * u[:, 1::2]
+    z = torch.stack((radius * torch.cos(theta), radius * torch.sin(theta)), dim=2)  # (G, pair, cos/sin, LANES)
+    return z.reshape(-1)[start : start + n].reshape(dims)
 
 
 def keep_threshold(p: float) -> int:

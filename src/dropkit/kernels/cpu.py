@@ -1,9 +1,10 @@
 r"""Compiled CPU kernels (numba): Philox4x32-10 masks fused with the masked affine map, no mask stored.
 
 Each kernel computes, for a contiguous input viewed as ``(M, L)`` (``M`` mask elements, each broadcast
-over ``L`` consecutive elements),
+over ``L`` consecutive elements; element-wise when ``L = 1``), with :math:`w(s, o + m)` the Philox word of
+mask element ``m`` in the grouped layout of :mod:`dropkit.rng` (four words per counter),
 
-.. math:: y_{m,l} = \begin{cases} x_{m,l}\cdot \text{scale} + \text{bias} & \text{fold}(w_0(s, o + m)) \ge t \\
+.. math:: y_{m,l} = \begin{cases} x_{m,l}\cdot \text{scale} + \text{bias} & \text{fold}(w(s, o + m)) \ge t \\
           \text{fill} & \text{otherwise} \end{cases}
 
 with the exact Philox word, fold and integer threshold of :mod:`dropkit.rng`, so the masks are
@@ -21,17 +22,12 @@ import threading
 import numpy as np
 import torch
 
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    # workqueue threads sleep between launches instead of spinning against torch's OpenMP pool, and are
-    # fork-safe (DataLoader workers); the lock below makes concurrent calls from Python threads safe.
-    os.environ["NUMBA_THREADING_LAYER"] = "workqueue"
+import numba
+from llvmlite import ir
+from numba import njit, prange, types, uint16, uint32, uint64
+from numba.extending import intrinsic, overload
 
-import numba  # noqa: E402
-from llvmlite import ir  # noqa: E402
-from numba import njit, prange, types, uint16, uint32, uint64  # noqa: E402
-from numba.extending import intrinsic, overload  # noqa: E402
-
-from .. import rng  # noqa: E402
+from .. import rng
 
 __all__ = ["DTYPES", "keep_mask", "masked_affine"]
 
@@ -45,31 +41,42 @@ _SIGN = uint32(0x80000000)
 
 
 @njit(inline="always")
-def _philox_word0(ctr: np.uint64, k0: np.uint32, k1: np.uint32) -> np.uint32:  # pragma: no cover - compiled
-    """Philox4x32-10 on counter ``(lo(ctr), hi(ctr), 0, 0)``; returns output word 0."""
-    c0 = uint32(ctr & uint64(0xFFFFFFFF))
-    c1 = uint32(ctr >> uint64(32))
-    c2 = uint32(0)
-    c3 = uint32(0)
-    for _ in range(10):
-        p0 = _RA * uint64(c0)
-        p1 = _RB * uint64(c2)
-        n0 = uint32(uint32(p1 >> uint64(32)) ^ c1 ^ k0)
-        n2 = uint32(uint32(p0 >> uint64(32)) ^ c3 ^ k1)
-        c1 = uint32(p1)
-        c3 = uint32(p0)
-        c0 = n0
-        c2 = n2
-        k0 = uint32(k0 + _KA)
-        k1 = uint32(k1 + _KB)
-    return c0
+def _round(c0, c1, c2, c3, k0, k1):  # pragma: no cover - compiled
+    """One Philox4x32 round (Random123's philox4x32round)."""
+    p0 = _RA * uint64(c0)
+    p1 = _RB * uint64(c2)
+    return (
+        uint32(uint32(p1 >> uint64(32)) ^ c1 ^ k0),
+        uint32(p1),
+        uint32(uint32(p0 >> uint64(32)) ^ c3 ^ k1),
+        uint32(p0),
+    )
 
 
 @njit(inline="always")
-def _kept(ctr: np.uint64, k0: np.uint32, k1: np.uint32, threshold: np.uint32) -> bool:  # pragma: no cover
-    w = _philox_word0(ctr, k0, k1)
-    folded = w if w < _SIGN else uint32(~w)
-    return folded >= threshold
+def _philox4(counter, k0, k1):  # pragma: no cover - compiled
+    """Philox4x32-10 on counter ``(lo(counter), hi(counter), 0, 0)`` with key ``(k0, k1)``: the four output words.
+
+    The ten rounds are written out: LLVM vectorises the unrolled form across lanes, not the loop.
+    """
+    c0, c1, c2, c3 = uint32(counter & uint64(0xFFFFFFFF)), uint32(counter >> uint64(32)), uint32(0), uint32(0)
+    ka, kb = _KA, _KB
+    c0, c1, c2, c3 = _round(c0, c1, c2, c3, k0, k1)
+    c0, c1, c2, c3 = _round(c0, c1, c2, c3, uint32(k0 + ka), uint32(k1 + kb))
+    c0, c1, c2, c3 = _round(c0, c1, c2, c3, uint32(k0 + uint32(2) * ka), uint32(k1 + uint32(2) * kb))
+    c0, c1, c2, c3 = _round(c0, c1, c2, c3, uint32(k0 + uint32(3) * ka), uint32(k1 + uint32(3) * kb))
+    c0, c1, c2, c3 = _round(c0, c1, c2, c3, uint32(k0 + uint32(4) * ka), uint32(k1 + uint32(4) * kb))
+    c0, c1, c2, c3 = _round(c0, c1, c2, c3, uint32(k0 + uint32(5) * ka), uint32(k1 + uint32(5) * kb))
+    c0, c1, c2, c3 = _round(c0, c1, c2, c3, uint32(k0 + uint32(6) * ka), uint32(k1 + uint32(6) * kb))
+    c0, c1, c2, c3 = _round(c0, c1, c2, c3, uint32(k0 + uint32(7) * ka), uint32(k1 + uint32(7) * kb))
+    c0, c1, c2, c3 = _round(c0, c1, c2, c3, uint32(k0 + uint32(8) * ka), uint32(k1 + uint32(8) * kb))
+    return _round(c0, c1, c2, c3, uint32(k0 + uint32(9) * ka), uint32(k1 + uint32(9) * kb))
+
+
+@njit(inline="always")
+def _fold(w):  # pragma: no cover - compiled
+    """Triton's int32 fold ``x if x >= 0 else ~x``, on uint32 bits: a value in [0, 2^31)."""
+    return w if w < _SIGN else uint32(~w)
 
 
 @intrinsic
@@ -113,7 +120,7 @@ def _store(out, i, value):  # pragma: no cover
     raise NotImplementedError
 
 
-@overload(_load, inline="always")
+@overload(_load)
 def _load_overload(x, i):  # pragma: no cover - compiled
     """Read element ``i`` as a number: bfloat16 (held as uint16 bits) widens to float32."""
     if x.dtype == types.uint16:
@@ -121,7 +128,7 @@ def _load_overload(x, i):  # pragma: no cover - compiled
     return lambda x, i: x[i]
 
 
-@overload(_store, inline="always")
+@overload(_store)
 def _store_overload(out, i, value):  # pragma: no cover - compiled
     """Write a number to element ``i``: to bfloat16 bits with round-to-nearest-even when ``out`` holds uint16."""
     if out.dtype == types.uint16:
@@ -138,19 +145,58 @@ def _store_overload(out, i, value):  # pragma: no cover - compiled
 
 
 @njit(inline="always")
-def _elementwise_span(x, out, start, stop, k0, k1, offset, threshold, scale, bias, fill):  # pragma: no cover
-    for i in range(start, stop):
-        y = _load(x, i) * scale
-        if bias != 0:
-            y = y + bias
-        _store(out, i, y if _kept(offset + uint64(i), k0, k1, threshold) else fill)
+def _affine(x, out, i, word, threshold, scale, bias, fill):  # pragma: no cover - compiled
+    """``out[i] = x[i] * scale + bias`` if the word keeps element ``i``, else ``fill`` (a select: no branch)."""
+    y = _load(x, i) * scale
+    if bias != 0:
+        y = y + bias
+    _store(out, i, y if _fold(word) >= threshold else fill)
 
 
 @njit(inline="always")
-def _rows_span(x, out, start, stop, k0, k1, offset, threshold, scale, bias, fill, row):  # pragma: no cover
-    for m in range(start, stop):
+def _elementwise_span(x, out, g0, g1, k0, k1, offset, threshold, scale, bias, fill):  # pragma: no cover
+    """Elements of groups ``g0 .. g1 - 1`` (global index ``m = offset + i``): ``out[i] = affine or fill``."""
+    n = x.size
+    for g in range(g0, g1):
+        base = g * _GROUP - offset  # local index of the group's first slot (may be negative at the start)
+        if base >= 0 and base + _GROUP <= n:  # a whole group: four unit-stride streams, vectorised
+            start = uint64(base)  # unsigned indices: no negative-index wrap-around checks in the loop
+            for lane in range(_LANES):
+                w0, w1, w2, w3 = _philox4(uint64(g * _LANES + lane), k0, k1)
+                i = start + uint64(lane)
+                _affine(x, out, i, w0, threshold, scale, bias, fill)
+                _affine(x, out, i + uint64(_LANES), w1, threshold, scale, bias, fill)
+                _affine(x, out, i + uint64(2 * _LANES), w2, threshold, scale, bias, fill)
+                _affine(x, out, i + uint64(3 * _LANES), w3, threshold, scale, bias, fill)
+        else:  # a group cut by the ends of the tensor
+            for lane in range(_LANES):
+                words = _philox4(uint64(g * _LANES + lane), k0, k1)
+                for j in range(4):
+                    i = base + j * _LANES + lane
+                    if 0 <= i < n:
+                        _affine(x, out, i, words[j], threshold, scale, bias, fill)
+
+
+@njit(inline="always")
+def _mask_span(out, g0, g1, k0, k1, offset, threshold):  # pragma: no cover
+    """Keep decisions of groups ``g0 .. g1 - 1`` into the bool array ``out``."""
+    n = out.size
+    for g in range(g0, g1):
+        base = g * _GROUP - offset
+        for lane in range(_LANES):
+            words = _philox4(uint64(g * _LANES + lane), k0, k1)
+            for j in range(4):
+                i = base + j * _LANES + lane
+                if 0 <= i < n:
+                    out[i] = _fold(words[j]) >= threshold
+
+
+@njit(inline="always")
+def _rows_span(x, out, keep, m0, m1, scale, bias, fill, row):  # pragma: no cover
+    """Rows ``m0 .. m1 - 1`` of ``x`` viewed as ``(M, row)``: row ``m`` kept iff ``keep[m]``."""
+    for m in range(m0, m1):
         base = m * row
-        if _kept(offset + uint64(m), k0, k1, threshold):
+        if keep[m]:
             for j in range(base, base + row):
                 y = _load(x, j) * scale
                 if bias != 0:
@@ -161,56 +207,90 @@ def _rows_span(x, out, start, stop, k0, k1, offset, threshold, scale, bias, fill
                 _store(out, j, fill)
 
 
-@njit(inline="always")
-def _mask_span(out, start, stop, k0, k1, offset, threshold):  # pragma: no cover
-    for i in range(start, stop):
-        out[i] = _kept(offset + uint64(i), k0, k1, threshold)
+def _groups(offset: int, n: int) -> tuple[int, int]:
+    """Groups that global indices ``offset .. offset + n - 1`` touch: ``[first, last + 1)``."""
+    return offset // _GROUP, (offset + n - 1) // _GROUP + 1
 
 
-# Parallel kernels split the work into chunks of _CHUNK counters; their serial twins (for small inputs, where
-# a parallel launch costs more than the work) run the same span in one go.
-_CHUNK = 4096
-
-
-@njit(parallel=True, cache=True)
-def _elementwise_parallel(x, out, k0, k1, offset, threshold, scale, bias, fill):  # pragma: no cover
-    n = x.size
-    for c in prange((n + _CHUNK - 1) // _CHUNK):
-        _elementwise_span(x, out, c * _CHUNK, min(n, (c + 1) * _CHUNK), k0, k1, offset, threshold, scale, bias, fill)
-
-
-@njit(cache=True)
-def _elementwise_serial(x, out, k0, k1, offset, threshold, scale, bias, fill):  # pragma: no cover
-    _elementwise_span(x, out, 0, x.size, k0, k1, offset, threshold, scale, bias, fill)
+_LANES = rng.LANES
+_GROUP = rng.GROUP
+# Parallel kernels give each thread whole groups; their serial twins (see _parallel) run the same span in one
+# go. Rows kernels split rows the same way.
+_GROUPS_PER_TASK = 4
 
 
 @njit(parallel=True, cache=True)
-def _rows_parallel(x, out, k0, k1, offset, threshold, scale, bias, fill, row):  # pragma: no cover
-    m = x.size // row
-    step = max(1, _CHUNK // row)
-    for c in prange((m + step - 1) // step):
-        _rows_span(x, out, c * step, min(m, (c + 1) * step), k0, k1, offset, threshold, scale, bias, fill, row)
+def _elementwise_parallel(x, out, g0, g1, k0, k1, offset, threshold, scale, bias, fill):  # pragma: no cover
+    tasks = (g1 - g0 + _GROUPS_PER_TASK - 1) // _GROUPS_PER_TASK
+    for t in prange(tasks):
+        start = g0 + t * _GROUPS_PER_TASK
+        _elementwise_span(
+            x, out, start, min(g1, start + _GROUPS_PER_TASK), k0, k1, offset, threshold, scale, bias, fill
+        )
 
 
 @njit(cache=True)
-def _rows_serial(x, out, k0, k1, offset, threshold, scale, bias, fill, row):  # pragma: no cover
-    _rows_span(x, out, 0, x.size // row, k0, k1, offset, threshold, scale, bias, fill, row)
+def _elementwise_serial(x, out, g0, g1, k0, k1, offset, threshold, scale, bias, fill):  # pragma: no cover
+    _elementwise_span(x, out, g0, g1, k0, k1, offset, threshold, scale, bias, fill)
 
 
 @njit(parallel=True, cache=True)
-def _mask_parallel(out, k0, k1, offset, threshold):  # pragma: no cover
-    n = out.size
-    for c in prange((n + _CHUNK - 1) // _CHUNK):
-        _mask_span(out, c * _CHUNK, min(n, (c + 1) * _CHUNK), k0, k1, offset, threshold)
+def _mask_parallel(out, g0, g1, k0, k1, offset, threshold):  # pragma: no cover
+    tasks = (g1 - g0 + _GROUPS_PER_TASK - 1) // _GROUPS_PER_TASK
+    for t in prange(tasks):
+        start = g0 + t * _GROUPS_PER_TASK
+        _mask_span(out, start, min(g1, start + _GROUPS_PER_TASK), k0, k1, offset, threshold)
 
 
 @njit(cache=True)
-def _mask_serial(out, k0, k1, offset, threshold):  # pragma: no cover
-    _mask_span(out, 0, out.size, k0, k1, offset, threshold)
+def _mask_serial(out, g0, g1, k0, k1, offset, threshold):  # pragma: no cover
+    _mask_span(out, g0, g1, k0, k1, offset, threshold)
 
 
-#: Below this many elements the serial kernels win: a parallel launch costs about as much as 16k elements.
-PARALLEL_MIN = 1 << 14
+@njit(parallel=True, cache=True)
+def _rows_parallel(x, out, keep, scale, bias, fill, row):  # pragma: no cover
+    m = keep.size
+    step = max(1, (_GROUPS_PER_TASK * _GROUP) // row)
+    for t in prange((m + step - 1) // step):
+        _rows_span(x, out, keep, t * step, min(m, (t + 1) * step), scale, bias, fill, row)
+
+
+@njit(cache=True)
+def _rows_serial(x, out, keep, scale, bias, fill, row):  # pragma: no cover
+    _rows_span(x, out, keep, 0, keep.size, scale, bias, fill, row)
+
+
+_forked = False
+
+
+def _mark_forked() -> None:
+    global _forked
+    _forked = True
+
+
+os.register_at_fork(after_in_child=_mark_forked)
+
+#: Below this many elements a workqueue launch (tens of microseconds) costs more than the work.
+_SMALL = 1 << 14
+
+
+def _parallel(numel: int) -> bool:
+    """Whether to run the multi-threaded kernels.
+
+    Not in a forked child (GNU OpenMP, numba's usual threading layer, is not fork-safe: DataLoader workers
+    run the serial twins), and not for small inputs unless the layer launches cheaply (omp, tbb: microseconds;
+    workqueue, the fallback when neither is installed: tens of microseconds). The serial twins are not
+    vectorised (LLVM cannot rule out that ``out`` aliases ``x`` there, as it can in numba's parallel
+    gufuncs), so large inputs always go parallel.
+    """
+    if _forked:
+        return False
+    if numel >= _SMALL:
+        return True
+    try:
+        return numba.threading_layer() in ("omp", "tbb")
+    except ValueError:  # no parallel launch yet: the layer is not chosen
+        return False
 
 
 def _key(seed: int) -> tuple[np.uint32, np.uint32]:
@@ -218,11 +298,12 @@ def _key(seed: int) -> tuple[np.uint32, np.uint32]:
 
 
 def keep_mask(numel: int, seed: int, offset: int, threshold: int) -> torch.Tensor:
-    """Return the bool keep mask of counters ``offset .. offset + numel - 1`` on the CPU, as :mod:`dropkit.rng` says."""
+    """Return the bool keep mask of global indices ``offset .. offset + numel - 1``, as :mod:`dropkit.rng` says."""
     out = torch.empty(numel, dtype=torch.bool)
-    kernel = _mask_parallel if numel >= PARALLEL_MIN else _mask_serial
-    with _LOCK:
-        kernel(out.numpy(), *_key(seed), np.uint64(offset), np.uint32(threshold))
+    if numel:
+        kernel = _mask_parallel if _parallel(numel) else _mask_serial
+        with _LOCK:
+            kernel(out.numpy(), *_groups(offset, numel), *_key(seed), np.int64(offset), np.uint32(threshold))
     return out
 
 
@@ -239,7 +320,7 @@ def masked_affine(
 ) -> None:
     """Write the masked affine map of contiguous CPU ``x`` into contiguous ``out`` (may alias ``x``).
 
-    ``x`` is viewed as ``(numel // row, row)``; mask element ``m`` uses counter ``offset + m``.
+    ``x`` is viewed as ``(numel // row, row)``; mask element ``m`` has global index ``offset + m``.
     """
     if x.numel() == 0:
         return
@@ -250,13 +331,18 @@ def masked_affine(
         xs, os_ = x.detach().numpy(), out.detach().numpy()
         real = np.float32 if x.dtype == torch.float32 else np.float64
     xs, os_ = xs.reshape(-1), os_.reshape(-1)
-    args = (*_key(seed), np.uint64(offset), np.uint32(threshold), real(scale), real(bias), real(fill))
-    parallel = x.numel() >= PARALLEL_MIN
+    affine = (real(scale), real(bias), real(fill))
+    parallel = _parallel(x.numel())
+    if row == 1:
+        groups = _groups(offset, x.numel())
+        with _LOCK:
+            (_elementwise_parallel if parallel else _elementwise_serial)(
+                xs, os_, *groups, *_key(seed), np.int64(offset), np.uint32(threshold), *affine
+            )
+        return
+    keep = keep_mask(x.numel() // row, seed, offset, threshold).numpy()
     with _LOCK:
-        if row == 1:
-            (_elementwise_parallel if parallel else _elementwise_serial)(xs, os_, *args)
-        else:
-            (_rows_parallel if parallel else _rows_serial)(xs, os_, *args, np.int64(row))
+        (_rows_parallel if parallel else _rows_serial)(xs, os_, keep, *affine, np.int64(row))
 
 
 def threads() -> int:

@@ -18,9 +18,8 @@ __all__ = ["keep_mask_ref", "masked_affine_ref"]
 
 
 def keep_mask_ref(numel: int, seed: int, offset: int, threshold: int, device: torch.device | str | None = None):
-    """Return the bool keep mask ``fold(w0(seed, offset + n)) >= threshold`` for ``n < numel``."""
-    (w0,) = rng.random_words(numel, seed, offset, device=device)
-    return rng.fold(w0) >= threshold
+    """Return the bool keep mask ``fold(word(seed, offset + n)) >= threshold`` for ``n < numel``."""
+    return rng.fold(rng.element_words(numel, seed, offset, device=device)) >= threshold
 
 
 def masked_affine_ref(x: torch.Tensor, keep: torch.Tensor, scale: float, bias: float = 0.0, fill: float = 0.0):
