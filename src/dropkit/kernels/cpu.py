@@ -19,10 +19,9 @@ from __future__ import annotations
 import os
 import threading
 
+import numba
 import numpy as np
 import torch
-
-import numba
 from llvmlite import ir
 from numba import njit, prange, types, uint16, uint32, uint64
 from numba.extending import intrinsic, overload
