@@ -92,10 +92,10 @@ def _seed(seed: int | None, generator: torch.Generator | None) -> int:
 
 
 def _checked(
-    op: str, input: torch.Tensor, p: float, keep: float | None, seed: int | None, generator: torch.Generator | None
+    op: str, p: float, keep: float | None, seed: int | None, generator: torch.Generator | None, allow_one: bool = True
 ) -> float:
     """Validate the arguments shared by every op; return the drop probability."""
-    p = _validate.probability(op, p, keep)
+    p = _validate.probability(op, p, keep, allow_one=allow_one)
     _validate.seed_source(op, seed, generator)
     return p
 
@@ -172,7 +172,7 @@ def dropout(
     References:
         Srivastava et al., "Dropout: A Simple Way to Prevent Neural Networks from Overfitting", JMLR 2014.
     """
-    p = _checked("dropout", input, p, keep, seed, generator)
+    p = _checked("dropout", p, keep, seed, generator)
     return _masked("dropout", input, p, training, inplace, mode, seed, generator, mask_dims=-1)
 
 
@@ -252,7 +252,7 @@ def _channel_op(op: str, layout: str):
         seed: int | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        p = _checked(op, input, p, keep, seed, generator)
+        p = _checked(op, p, keep, seed, generator)
         _validate.tensor_input(op, input, False)
         return _masked(op, input, p, training, inplace, mode, seed, generator, mask_dims=_channel_dims(op, input))
 
@@ -277,7 +277,7 @@ def _alpha(
     generator: torch.Generator | None,
     mask_dims: int,
 ) -> torch.Tensor:
-    p = _checked(op, input, p, keep, seed, generator)
+    p = _checked(op, p, keep, seed, generator)
     _validate.tensor_input(op, input, training)
     if mask_dims == 2:
         _validate.min_dim(op, input, 2, "(N, C, *)")
@@ -398,8 +398,7 @@ def gaussian_dropout(
         >>> gaussian_dropout(torch.ones(3), p=0.5, training=False)
         tensor([1., 1., 1.])
     """
-    p = _validate.probability("gaussian_dropout", p, keep, allow_one=False)
-    _validate.seed_source("gaussian_dropout", seed, generator)
+    p = _checked("gaussian_dropout", p, keep, seed, generator, allow_one=False)
     _validate.tensor_input("gaussian_dropout", input, training)
     if not training or p == 0.0 or input.numel() == 0:
         return input
