@@ -55,8 +55,11 @@ class _MaskedAffineFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
-        # itself a masked linear map, applied through this Function so double backward works too
-        return _MaskedAffineFn.apply(grad, ctx.spec.linear(), False), None, None
+        # itself a masked linear map: through this Function when a graph of the backward is being built
+        # (double backward), straight to the kernel otherwise
+        if torch.is_grad_enabled():
+            return _MaskedAffineFn.apply(grad, ctx.spec.linear(), False), None, None
+        return kernels.apply(grad, ctx.spec.linear()), None, None
 
 
 class _GaussianDropoutFn(torch.autograd.Function):
