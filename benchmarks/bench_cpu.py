@@ -552,9 +552,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.min_sample_ms is not None:
         cfg.min_sample_s = args.min_sample_ms / 1e3
 
-    # Let dropkit import numba first: its kernel module picks numba's threading layer (via the environment)
-    # before numba reads its config, exactly as in a program that never imports numba itself.
-    kernels.backend()
+    kernels.backend()  # load the CPU kernels (numba) before timing anything
     start = time.perf_counter()
     _log("bench_cpu: element-wise dropout ...")
     elementwise = bench_elementwise(cfg)
