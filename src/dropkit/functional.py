@@ -85,6 +85,15 @@ def _times_noise(x: torch.Tensor, seed: int, sigma: float) -> torch.Tensor:
     return (x.to(opmath) * noise.to(opmath)).to(x.dtype)
 
 
+_forced_training = False
+
+
+def _force_training(on: bool) -> None:
+    """Make every op here run as in training whatever ``training=`` says (:func:`dropkit.mc.mc_dropout` uses it)."""
+    global _forced_training
+    _forced_training = on
+
+
 @functools.lru_cache(maxsize=1024)
 def _threshold(p: float) -> int:
     return rng.keep_threshold(p)
@@ -116,6 +125,7 @@ def _masked(
 ) -> torch.Tensor:
     """Shared body of dropout and dropout1d/2d/3d: the mask covers the leading ``mask_dims`` dimensions."""
     _validate.choice(op, "mode", mode, MODES)
+    training = bool(training) or _forced_training
     classic_eval = not training and mode == "classic" and p > 0
     _validate.tensor_input(op, input, training or classic_eval)
     if classic_eval:  # test-time weight scaling: E[train output] = (1 - p) x
@@ -281,6 +291,7 @@ def _alpha(
     mask_dims: int,
 ) -> torch.Tensor:
     p = _checked(op, p, keep, seed, generator)
+    training = bool(training) or _forced_training
     _validate.tensor_input(op, input, training)
     if mask_dims == 2:
         _validate.min_dim(op, input, 2, "(N, C, *)")
@@ -402,6 +413,7 @@ def gaussian_dropout(
         tensor([1., 1., 1.])
     """
     p = _checked("gaussian_dropout", p, keep, seed, generator, allow_one=False)
+    training = bool(training) or _forced_training
     _validate.tensor_input("gaussian_dropout", input, training)
     if not training or p == 0.0 or input.numel() == 0:
         return input
@@ -436,6 +448,7 @@ def gaussian_noise(
     """
     stddev = _validate.nonnegative("gaussian_noise", "stddev", stddev)
     _validate.seed_source("gaussian_noise", seed, generator)
+    training = bool(training) or _forced_training
     _validate.tensor_input("gaussian_noise", input, training)
     if not training or stddev == 0.0 or input.numel() == 0:
         return input

@@ -1,0 +1,369 @@
+r"""Monte-Carlo dropout: predictions and uncertainty from any torch model, with dropout left on at inference.
+
+A network trained with dropout is an ensemble of thinned networks that share weights; sampling :math:`T` of
+them at test time and averaging (or voting) approximates the predictive distribution (Gal & Ghahramani,
+"Dropout as a Bayesian Approximation", ICML 2016):
+
+.. math::
+
+    \bar p(y \mid x) = \frac{1}{T} \sum_{t=1}^{T} p(y \mid x, \hat\omega_t), \qquad
+    \mathrm{MI} = H[\bar p] - \frac{1}{T} \sum_t H[p(\cdot \mid x, \hat\omega_t)].
+
+:func:`mc_dropout` switches every stochastic-regularisation path of a model on — dropout modules (torch's,
+dropkit's, DropPath / StochasticDepth / DropBlock / DropConnect by class), functional dropout called with
+``training=self.training``, and attention modules that gate their dropout on ``self.training`` — while
+BatchNorm and everything else stay in eval. :func:`predict` draws the samples fast (stacked in the batch
+dimension, the deterministic prefix of a ``Sequential`` computed once, torch's dropout routed to dropkit's
+seeded kernels) and summarises them in an :class:`MCResult`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import threading
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from . import _validate
+from . import functional as dkF
+from . import nn as dnn
+
+__all__ = ["mc_dropout", "predict", "MCResult", "stochastic_modules", "gaussian_log_likelihood"]
+
+#: torch's own stochastic-regularisation modules (dropkit's subclass them).
+TORCH_DROPOUTS: tuple[type[nn.Module], ...] = (
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+)
+#: dropkit's modules that are not torch subclasses.
+DROPKIT_NOISE: tuple[type[nn.Module], ...] = (dnn.GaussianDropout, dnn.GaussianNoise)
+#: Third-party stochastic layers, matched by class name (timm, torchvision and common DropConnect spellings).
+STOCHASTIC_CLASS_NAMES = frozenset(
+    {"DropPath", "StochasticDepth", "DropBlock2d", "DropBlock3d", "DropBlock", "DropConnect", "DropConnectLinear",
+     "WeightDrop", "GaussianDropout", "GaussianNoise", "ConcreteDropout"}
+)  # fmt: skip
+#: Float attributes through which attention/RNN modules gate dropout on ``self.training``.
+GATED_ATTRIBUTES = ("dropout", "dropout_p", "dropout_prob", "attention_dropout", "attn_dropout", "drop_prob")
+
+_FUNCTIONAL_NAMES = ("dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout")
+_patch_lock = threading.RLock()
+_patch_depth = 0
+_originals: dict[str, object] = {}
+
+
+def _is_stochastic(module: nn.Module) -> bool:
+    return isinstance(module, TORCH_DROPOUTS + DROPKIT_NOISE) or type(module).__name__ in STOCHASTIC_CLASS_NAMES
+
+
+def _gates_dropout(module: nn.Module) -> bool:
+    """Whether ``module`` holds a positive dropout rate as a float it applies only when ``self.training``."""
+    for name in GATED_ATTRIBUTES:
+        value = getattr(module, name, None)
+        if isinstance(value, float) and value > 0:
+            return True
+    return False
+
+
+def _calls_functional_dropout(module: nn.Module) -> bool:
+    try:
+        source = inspect.getsource(type(module).forward)
+    except (OSError, TypeError):
+        return False
+    return "dropout(" in source or "drop_path(" in source
+
+
+def stochastic_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Return ``(path, module)`` for every module :func:`mc_dropout` puts in training mode."""
+    return [(name, m) for name, m in model.named_modules() if _is_stochastic(m) or _gates_dropout(m)]
+
+
+def _forced(original):
+    """Wrap a torch functional dropout so that it runs in training mode, on dropkit's seeded kernels."""
+
+    def forced(input, p=0.5, training=True, inplace=False):
+        return original(input, p, True, inplace)
+
+    forced.__wrapped__ = original  # type: ignore[attr-defined]
+    return forced
+
+
+def _patch_functional() -> None:
+    """Route torch's functional dropout to dropkit's, always training (re-entrant, counted)."""
+    global _patch_depth
+    with _patch_lock:
+        if _patch_depth == 0:
+            for name in _FUNCTIONAL_NAMES:
+                _originals[name] = getattr(torch.nn.functional, name)
+                setattr(torch.nn.functional, name, _forced(getattr(dkF, name)))
+            dkF._force_training(True)
+        _patch_depth += 1
+
+
+def _unpatch_functional() -> None:
+    global _patch_depth
+    with _patch_lock:
+        _patch_depth -= 1
+        if _patch_depth == 0:
+            for name, original in _originals.items():
+                setattr(torch.nn.functional, name, original)
+            _originals.clear()
+            dkF._force_training(False)
+
+
+class mc_dropout(contextlib.ContextDecorator):  # noqa: N801 - used like a function, as contextlib's helpers are
+    """Context manager (and decorator) that switches a model's stochastic paths on for MC-dropout inference.
+
+    Inside the block:
+
+    - dropout modules (torch's and dropkit's, including subclasses), dropkit's Gaussian noise layers, and
+      DropPath / StochasticDepth / DropBlock / DropConnect layers (matched by class name) are in training mode;
+    - modules that keep a float dropout rate they apply only in training (``nn.MultiheadAttention``,
+      ``nn.LSTM``, Hugging Face attention with ``dropout_prob``, ...) are in training mode;
+    - torch's and dropkit's functional dropout run as in training whatever ``training=`` they are given, and
+      torch's go through dropkit's fast seeded kernels;
+    - everything else — BatchNorm, InstanceNorm, the model itself — keeps the mode it had.
+
+    On exit every module's ``training`` flag is restored exactly, also after an exception. The functional
+    switch is process-wide while any ``mc_dropout`` block is open (other threads see it too).
+
+    Args:
+        model: Any ``nn.Module``.
+
+    Raises:
+        ValueError: If the model has no stochastic path at all (no dropout-like module, no gated dropout rate
+            and no forward that calls a functional dropout).
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.BatchNorm1d(8)).eval()
+        >>> with mc_dropout(model):
+        ...     model[1].training, model[2].training
+        (True, False)
+        >>> model[1].training
+        False
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"mc_dropout: model must be a torch.nn.Module, but got {type(model).__name__!r}.")
+        self.model = model
+        self._saved: list[tuple[nn.Module, bool]] = []
+
+    def __enter__(self) -> nn.Module:
+        targets = [m for _, m in stochastic_modules(self.model)]
+        if not targets and not any(_calls_functional_dropout(m) for m in self.model.modules()):
+            raise ValueError(
+                f"mc_dropout: model has no stochastic path (no dropout module, no dropout rate gated on "
+                f"self.training, no functional dropout in a forward), so MC samples would all be equal; "
+                f"got {type(self.model).__name__}."
+            )
+        self._saved.append([(m, m.training) for m in self.model.modules()])  # type: ignore[arg-type]
+        for module in targets:
+            module.training = True
+        _patch_functional()
+        return self.model
+
+    def __exit__(self, *exc_info: object) -> None:
+        _unpatch_functional()
+        for module, training in self._saved.pop():  # type: ignore[misc]
+            module.training = training
+
+
+@dataclass
+class MCResult:
+    r"""Summary of :math:`T` Monte-Carlo samples of a model's prediction for a batch of :math:`N` inputs.
+
+    Classification (probabilities over :math:`C` classes on dim 1 of the model output):
+
+    - ``mean``: predictive probabilities :math:`\bar p`, shape ``(N, C, *)``;
+    - ``entropy``: predictive entropy :math:`H[\bar p]` (nats);
+    - ``expected_entropy``: :math:`\frac1T\sum_t H[p_t]` (aleatoric part);
+    - ``mutual_information``: BALD, ``entropy - expected_entropy`` (epistemic part);
+    - ``votes``: per-class counts of the samples' argmax, ``(N, C, *)``; ``majority``: the voted class;
+    - ``variation_ratio``: :math:`1 - \max_c \text{votes}_c / T`.
+
+    Regression (``task="regression"``): ``mean`` and ``variance`` of the samples, plus :math:`\tau^{-1}` when a
+    model precision ``tau`` is given (Gal & Ghahramani 2016, eq. 7); the classification fields are ``None``.
+
+    ``samples`` holds the raw samples, shape ``(T, N, ...)``, when ``keep_samples=True``.
+    """
+
+    mean: torch.Tensor
+    samples: torch.Tensor | None = None
+    variance: torch.Tensor | None = None
+    entropy: torch.Tensor | None = None
+    expected_entropy: torch.Tensor | None = None
+    mutual_information: torch.Tensor | None = None
+    votes: torch.Tensor | None = None
+    majority: torch.Tensor | None = None
+    variation_ratio: torch.Tensor | None = None
+
+    @classmethod
+    def from_probabilities(cls, probs: torch.Tensor, keep_samples: bool = False) -> MCResult:
+        """Summarise samples of class probabilities, shape ``(T, N, C, *)``."""
+        mean = probs.mean(0)
+        entropy = _entropy(mean, dim=1)
+        expected = _entropy(probs, dim=2).mean(0)
+        votes = torch.nn.functional.one_hot(probs.argmax(2), probs.shape[2]).sum(0).movedim(-1, 1)
+        return cls(
+            mean=mean,
+            samples=probs if keep_samples else None,
+            entropy=entropy,
+            expected_entropy=expected,
+            mutual_information=(entropy - expected).clamp_min(0.0),
+            votes=votes,
+            majority=votes.argmax(1),
+            variation_ratio=1.0 - votes.amax(1).to(probs.dtype) / probs.shape[0],
+        )
+
+    @classmethod
+    def from_regression(cls, outputs: torch.Tensor, tau: float | None = None, keep_samples: bool = False) -> MCResult:
+        """Summarise regression samples, shape ``(T, N, *)``; ``tau`` adds the observation noise :math:`\\tau^{-1}`."""
+        variance = outputs.var(0, unbiased=False)
+        if tau is not None:
+            variance = variance + 1.0 / tau
+        return cls(mean=outputs.mean(0), samples=outputs if keep_samples else None, variance=variance)
+
+
+def _entropy(probs: torch.Tensor, dim: int) -> torch.Tensor:
+    return -(probs * torch.log(probs.clamp_min(torch.finfo(probs.dtype).tiny))).sum(dim)
+
+
+def gaussian_log_likelihood(samples: torch.Tensor, target: torch.Tensor, tau: float) -> torch.Tensor:
+    r"""Per-point MC log-likelihood of ``target`` under a mixture of Gaussians centred on the samples.
+
+    .. math:: \log \frac1T \sum_t \mathcal N(y;\ \hat y_t,\ \tau^{-1})
+        = \operatorname{logsumexp}_t\!\big(-\tfrac{\tau}{2}(y - \hat y_t)^2\big) - \log T
+          - \tfrac12\log 2\pi + \tfrac12 \log\tau
+
+    (Gal & Ghahramani 2016, the test log-likelihood of their UCI experiments; average it over points).
+
+    Args:
+        samples: MC samples, shape ``(T, N, *)``.
+        target: Targets, shape ``(N, *)``.
+        tau: Model precision :math:`\tau > 0`.
+    """
+    tau = _validate.real("gaussian_log_likelihood", "tau", tau)
+    if not (tau > 0 and math.isfinite(tau)):
+        raise ValueError(f"gaussian_log_likelihood: tau must be a finite number > 0, but got {tau!r}.")
+    t = samples.shape[0]
+    exponent = -0.5 * tau * (target.unsqueeze(0) - samples) ** 2
+    return torch.logsumexp(exponent, 0) - math.log(t) - 0.5 * math.log(2 * math.pi) + 0.5 * math.log(tau)
+
+
+def _split_sequential(model: nn.Module) -> tuple[nn.Module | None, nn.Module]:
+    """For a ``Sequential``, split off the deterministic prefix before the first stochastic layer."""
+    if not isinstance(model, nn.Sequential):
+        return None, model
+    for i, layer in enumerate(model):
+        if stochastic_modules(layer) or any(_calls_functional_dropout(m) for m in layer.modules()):
+            return (model[:i] if i else None), model[i:]
+    return None, model
+
+
+def _repeat(x: torch.Tensor, times: int) -> torch.Tensor:
+    return x.unsqueeze(0).expand(times, *x.shape).reshape(times * x.shape[0], *x.shape[1:])
+
+
+@torch.no_grad()
+def _draw(model: nn.Module, x: torch.Tensor, samples: int, max_rows: int, vectorize: bool) -> torch.Tensor:
+    """Return ``samples`` stochastic outputs of ``model`` at ``x``, shape ``(T, N, ...)``."""
+    n = x.shape[0]
+    if not vectorize:
+        return torch.stack([model(x) for _ in range(samples)])
+    prefix, rest = _split_sequential(model)
+    h = prefix(x) if prefix is not None else x
+    per_chunk = max(1, min(samples, max_rows // max(n, 1)))
+    chunks = []
+    for start in range(0, samples, per_chunk):
+        t = min(per_chunk, samples - start)
+        out = rest(_repeat(h, t))
+        chunks.append(out.reshape(t, n, *out.shape[1:]))
+    return torch.cat(chunks)
+
+
+def predict(
+    model: nn.Module,
+    x: torch.Tensor,
+    samples: int = 50,
+    *,
+    task: str = "classification",
+    tau: float | None = None,
+    seed: int | None = None,
+    keep_samples: bool = False,
+    vectorize: bool | str = "auto",
+    max_rows: int = 1 << 13,
+) -> MCResult:
+    r"""Draw ``samples`` MC-dropout predictions of ``model`` at ``x`` and summarise them.
+
+    The samples are stacked in the batch dimension (``samples × N`` rows per forward, in chunks of at most
+    ``max_rows`` rows), the deterministic prefix of a ``Sequential`` runs once, and torch's dropout runs on
+    dropkit's seeded kernels. ``vectorize="auto"`` stacks unless a module in training mode mixes the batch
+    (BatchNorm in training, where stacking would change the result); ``False`` runs a Python loop.
+
+    Args:
+        model: Any ``nn.Module`` with a stochastic path (see :class:`mc_dropout`).
+        x: Input batch, shape ``(N, *)``; the model must treat rows independently.
+        samples: Number of MC samples :math:`T >= 1`. Default: ``50``.
+        task: ``"classification"`` (the model returns logits over dim 1) or ``"regression"``.
+        tau: Model precision for regression: adds :math:`\tau^{-1}` to the predictive variance.
+        seed: Makes the samples reproducible (runs under ``torch.random.fork_rng`` seeded with it, so the
+            global generator is left as it was). Default: ``None``.
+        keep_samples: Keep the raw samples (probabilities or regression outputs) in the result.
+        vectorize: ``"auto"``, ``True`` or ``False``.
+        max_rows: Most rows per stacked forward (a memory budget). Default: ``8192``.
+
+    Returns:
+        An :class:`MCResult`.
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 3)).eval()
+        >>> r = predict(model, torch.randn(5, 4), samples=20, seed=0)
+        >>> r.mean.shape, r.votes.sum(1).tolist()
+        (torch.Size([5, 3]), [20, 20, 20, 20, 20])
+    """
+    op = "predict"
+    if not isinstance(x, torch.Tensor) or x.dim() == 0:
+        raise TypeError(f"{op}: x must be a batched torch.Tensor (N, *), but got {type(x).__name__!r}.")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"{op}: samples must be an int >= 1, but got {samples!r}.")
+    _validate.choice(op, "task", task, ("classification", "regression"))
+    _validate.choice(op, "vectorize", vectorize, ("auto", True, False))  # type: ignore[arg-type]
+    if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
+        raise ValueError(f"{op}: max_rows must be an int >= 1, but got {max_rows!r}.")
+    if tau is not None:
+        tau = _validate.real(op, "tau", tau)
+        if not (tau > 0 and math.isfinite(tau)):
+            raise ValueError(f"{op}: tau must be a finite number > 0, but got {tau!r}.")
+    if seed is not None:
+        _validate.seed_source(op, seed, None)
+
+    stack = vectorize is True or (vectorize == "auto" and not _mixes_batch(model))
+    rng_scope = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
+    with rng_scope, mc_dropout(model):
+        if seed is not None:
+            torch.manual_seed(seed)
+        outputs = _draw(model, x, samples, max_rows, stack)
+    if samples > 1 and bool((outputs == outputs[:1]).all()):
+        raise RuntimeError(
+            f"{op}: all {samples} MC samples are identical: no stochastic path was active in "
+            f"{type(model).__name__} (is its dropout rate 0?)."
+        )
+    if task == "regression":
+        return MCResult.from_regression(outputs, tau, keep_samples)
+    return MCResult.from_probabilities(torch.softmax(outputs, dim=2), keep_samples)
+
+
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def _mixes_batch(model: nn.Module) -> bool:
+    """Whether a module that couples the rows of a batch is in training mode (BatchNorm using batch statistics)."""
+    return any(isinstance(m, _BATCH_NORMS) and m.training for m in model.modules())
