@@ -50,6 +50,15 @@ STOCHASTIC_CLASS_NAMES = frozenset(
     {"DropPath", "StochasticDepth", "DropBlock2d", "DropBlock3d", "DropBlock", "DropConnect", "DropConnectLinear",
      "WeightDrop", "GaussianDropout", "GaussianNoise", "ConcreteDropout"}
 )  # fmt: skip
+#: torch modules whose eval-mode fast path skips their dropout submodules: they must be in training mode.
+TORCH_FAST_PATHS: tuple[type[nn.Module], ...] = (
+    nn.TransformerEncoderLayer,
+    nn.TransformerDecoderLayer,
+    nn.TransformerEncoder,
+    nn.TransformerDecoder,
+    nn.Transformer,
+    nn.MultiheadAttention,
+)
 #: Float attributes through which attention/RNN modules gate dropout on ``self.training``.
 GATED_ATTRIBUTES = ("dropout", "dropout_p", "dropout_prob", "attention_dropout", "attn_dropout", "drop_prob")
 
@@ -77,12 +86,16 @@ def _calls_functional_dropout(module: nn.Module) -> bool:
         source = inspect.getsource(type(module).forward)
     except (OSError, TypeError):
         return False
-    return "dropout(" in source or "drop_path(" in source
+    return "dropout" in source.lower() or "drop_path" in source
 
 
 def stochastic_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Return ``(path, module)`` for every module :func:`mc_dropout` puts in training mode."""
-    return [(name, m) for name, m in model.named_modules() if _is_stochastic(m) or _gates_dropout(m)]
+    return [
+        (name, m)
+        for name, m in model.named_modules()
+        if _is_stochastic(m) or _gates_dropout(m) or isinstance(m, TORCH_FAST_PATHS)
+    ]
 
 
 def _forced(original):
@@ -126,7 +139,8 @@ class mc_dropout(contextlib.ContextDecorator):  # noqa: N801 - used like a funct
     - dropout modules (torch's and dropkit's, including subclasses), dropkit's Gaussian noise layers, and
       DropPath / StochasticDepth / DropBlock / DropConnect layers (matched by class name) are in training mode;
     - modules that keep a float dropout rate they apply only in training (``nn.MultiheadAttention``,
-      ``nn.LSTM``, Hugging Face attention with ``dropout_prob``, ...) are in training mode;
+      ``nn.LSTM``, Hugging Face attention with ``dropout_prob``, ...) are in training mode, and so are torch's
+      Transformer layers, whose eval fast path would skip their dropout;
     - torch's and dropkit's functional dropout run as in training whatever ``training=`` they are given, and
       torch's go through dropkit's fast seeded kernels;
     - everything else — BatchNorm, InstanceNorm, the model itself — keeps the mode it had.
@@ -225,7 +239,7 @@ class MCResult:
 
     @classmethod
     def from_regression(cls, outputs: torch.Tensor, tau: float | None = None, keep_samples: bool = False) -> MCResult:
-        """Summarise regression samples, shape ``(T, N, *)``; ``tau`` adds the observation noise :math:`\\tau^{-1}`."""
+        r"""Summarise regression samples, shape ``(T, N, *)``; ``tau`` adds the observation noise :math:`\tau^{-1}`."""
         variance = outputs.var(0, unbiased=False)
         if tau is not None:
             variance = variance + 1.0 / tau

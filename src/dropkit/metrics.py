@@ -1,0 +1,102 @@
+r"""Scores for probabilistic predictions: NLL, Brier, calibration (ECE + reliability data), AUROC.
+
+All take predictive probabilities ``probs`` of shape ``(N, C)`` (rows summing to 1, e.g.
+:attr:`dropkit.mc.MCResult.mean`) and integer labels ``target`` of shape ``(N,)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["nll", "brier", "ece", "Reliability", "auroc"]
+
+
+def _check(op: str, probs: torch.Tensor, target: torch.Tensor) -> None:
+    if not isinstance(probs, torch.Tensor) or probs.dim() != 2 or not probs.is_floating_point():
+        raise ValueError(f"{op}: probs must be a floating-point tensor of shape (N, C), but got {_describe(probs)}.")
+    if not isinstance(target, torch.Tensor) or target.shape != probs.shape[:1] or target.is_floating_point():
+        raise ValueError(
+            f"{op}: target must be an integer tensor of shape ({probs.shape[0]},), but got {_describe(target)}."
+        )
+
+
+def _describe(t: object) -> str:
+    return f"{t.dtype} {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+
+
+def nll(probs: torch.Tensor, target: torch.Tensor) -> float:
+    r"""Mean negative log-likelihood :math:`-\frac1N\sum_i \log p_{i, y_i}` (nats; probabilities clamped at tiny)."""
+    _check("nll", probs, target)
+    picked = probs.gather(1, target.long().unsqueeze(1)).squeeze(1)
+    return float(-torch.log(picked.clamp_min(torch.finfo(probs.dtype).tiny)).mean())
+
+
+def brier(probs: torch.Tensor, target: torch.Tensor) -> float:
+    r"""Multi-class Brier score :math:`\frac1N\sum_i \lVert p_i - e_{y_i} \rVert^2` (0 is perfect, 2 the worst)."""
+    _check("brier", probs, target)
+    onehot = torch.nn.functional.one_hot(target.long(), probs.shape[1]).to(probs.dtype)
+    return float(((probs - onehot) ** 2).sum(1).mean())
+
+
+@dataclass(frozen=True)
+class Reliability:
+    """Reliability-diagram data: per confidence bin, the mean confidence, the accuracy and the count."""
+
+    edges: torch.Tensor  #: bin edges, shape (bins + 1,)
+    confidence: torch.Tensor  #: mean top-class probability per bin (NaN where empty)
+    accuracy: torch.Tensor  #: fraction correct per bin (NaN where empty)
+    count: torch.Tensor  #: predictions per bin
+
+
+def ece(probs: torch.Tensor, target: torch.Tensor, bins: int = 15) -> tuple[float, Reliability]:
+    r"""Expected calibration error over ``bins`` equal-width confidence bins, and the reliability data.
+
+    :math:`\mathrm{ECE} = \sum_b \frac{n_b}{N}\,|\mathrm{acc}_b - \mathrm{conf}_b|` with the top-class
+    probability as confidence (Guo et al. 2017). Bins are right-closed: ``(lo, hi]``.
+    """
+    _check("ece", probs, target)
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+        raise ValueError(f"ece: bins must be an int >= 1, but got {bins!r}.")
+    confidence, predicted = probs.max(1)
+    correct = (predicted == target.long()).to(probs.dtype)
+    edges = torch.linspace(0, 1, bins + 1, dtype=probs.dtype)
+    index = (torch.bucketize(confidence, edges[1:-1], right=False)).clamp(0, bins - 1)
+    count = torch.bincount(index, minlength=bins)
+    conf_sum = torch.zeros(bins, dtype=probs.dtype).index_add_(0, index, confidence)
+    acc_sum = torch.zeros(bins, dtype=probs.dtype).index_add_(0, index, correct)
+    safe = count.clamp_min(1).to(probs.dtype)
+    conf_mean = torch.where(count > 0, conf_sum / safe, torch.nan)
+    acc_mean = torch.where(count > 0, acc_sum / safe, torch.nan)
+    value = float((count.to(probs.dtype) / len(probs) * (acc_sum / safe - conf_sum / safe).abs()).sum())
+    return value, Reliability(edges, conf_mean, acc_mean, count)
+
+
+def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Area under the ROC curve of ``scores`` for separating ``labels == 1`` from ``labels == 0``.
+
+    The Mann–Whitney statistic with average ranks for ties: 0.5 is chance, 1 perfect. Typical use:
+    uncertainty scores (entropy, mutual information) with label 1 for out-of-distribution inputs.
+
+    Example:
+        >>> auroc(torch.tensor([0.1, 0.4, 0.35, 0.8]), torch.tensor([0, 0, 1, 1]))
+        0.75
+    """
+    if scores.shape != labels.shape or scores.dim() != 1:
+        raise ValueError(f"auroc: scores and labels must be 1-D of the same length, but got {_describe(scores)} "
+                         f"and {_describe(labels)}.")  # fmt: skip
+    positive = labels.bool()
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"auroc: labels must contain both classes, but got {n_pos} positives and {n_neg} negatives.")
+    order = torch.argsort(scores.double())
+    sorted_scores = scores.double()[order]
+    ranks = torch.empty(len(scores), dtype=torch.float64)
+    ranks[order] = torch.arange(1, len(scores) + 1, dtype=torch.float64)
+    unique, inverse = torch.unique(sorted_scores, return_inverse=True)
+    mean_rank = torch.zeros(len(unique), dtype=torch.float64).index_add_(0, inverse, ranks[order])
+    mean_rank /= torch.bincount(inverse, minlength=len(unique)).double()
+    average = torch.empty_like(ranks)
+    average[order] = mean_rank[inverse]
+    return float((average[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))

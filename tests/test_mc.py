@@ -1,0 +1,240 @@
+"""MC dropout: which paths mc_dropout switches on, exact restoration, and predict's summaries."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import dropkit.nn as dnn
+from dropkit import functional as dkF
+from dropkit import mc
+
+
+def _flags(model: nn.Module) -> list[bool]:
+    return [m.training for m in model.modules()]
+
+
+class FunctionalDropoutNet(nn.Module):
+    """The Hugging Face / timm pattern: functional dropout gated on the parent's self.training."""
+
+    def __init__(self, use_dropkit: bool = False):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(8, 32), nn.Linear(32, 3)
+        self.use_dropkit = use_dropkit
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x))
+        drop = dkF.dropout if self.use_dropkit else nn.functional.dropout
+        return self.fc2(drop(h, 0.5, training=self.training))
+
+
+class DropPath(nn.Module):
+    """timm-style stochastic depth, matched by class name."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        if not self.training:
+            return x
+        keep = (torch.rand(x.shape[0], 1) >= self.p).to(x.dtype)
+        return x * keep / (1 - self.p)
+
+
+def _mlp(dropout=nn.Dropout) -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 32), nn.BatchNorm1d(32), nn.ReLU(), dropout(0.5), nn.Linear(32, 3)).eval()
+
+
+def test_mc_dropout_switches_only_dropout_and_restores_exactly():
+    model = _mlp()
+    model[1].train()  # a mixed starting state must come back exactly
+    before = _flags(model)
+    with mc.mc_dropout(model) as m:
+        assert m is model
+        assert model[3].training and not model.training
+        assert model[1].training  # untouched: it was in training mode before
+    assert _flags(model) == before
+
+
+def test_mc_dropout_keeps_batchnorm_in_eval_and_its_statistics():
+    model = _mlp()
+    stats = (model[1].running_mean.clone(), model[1].running_var.clone())
+    with mc.mc_dropout(model):
+        assert not model[1].training
+        a, b = model(torch.randn(16, 8)), None
+        b = model(torch.randn(16, 8))
+    assert a.shape == b.shape
+    assert torch.equal(model[1].running_mean, stats[0]) and torch.equal(model[1].running_var, stats[1])
+
+
+def test_mc_dropout_restores_after_an_exception_and_unpatches_functional():
+    model = _mlp()
+    before = _flags(model)
+    original = nn.functional.dropout
+    with pytest.raises(KeyError):
+        with mc.mc_dropout(model):
+            assert nn.functional.dropout is not original
+            raise KeyError("boom")
+    assert _flags(model) == before
+    assert nn.functional.dropout is original
+    x = torch.ones(4, 8)
+    assert torch.equal(dkF.dropout(x, 0.5, training=False), x)  # dropkit's forced-training flag is off again
+
+
+def test_mc_dropout_decorator_and_nesting():
+    model = _mlp()
+
+    @mc.mc_dropout(model)
+    def sample():
+        return model(torch.ones(4, 8))
+
+    assert not torch.equal(sample(), sample())
+    with mc.mc_dropout(model):
+        with mc.mc_dropout(model):
+            pass
+        assert model[3].training and nn.functional.dropout.__wrapped__ is not None
+    assert not model[3].training
+
+
+@pytest.mark.parametrize("use_dropkit", [False, True])
+def test_functional_dropout_gated_on_training_is_switched_on(use_dropkit):
+    model = FunctionalDropoutNet(use_dropkit).eval()
+    x = torch.randn(4, 8)
+    assert torch.equal(model(x), model(x))
+    with mc.mc_dropout(model):
+        assert not model.training  # the parent stays in eval: only the functional call is forced
+        assert not torch.equal(model(x), model(x))
+    assert torch.equal(model(x), model(x))
+
+
+def test_attention_and_rnn_dropout_gated_on_training_are_switched_on():
+    torch.manual_seed(0)
+    attention = nn.MultiheadAttention(16, 2, dropout=0.5, batch_first=True).eval()
+    x = torch.randn(2, 5, 16)
+    with mc.mc_dropout(attention):
+        assert not torch.equal(attention(x, x, x)[0], attention(x, x, x)[0])
+    lstm = nn.LSTM(4, 8, num_layers=2, dropout=0.5).eval()
+    seq = torch.randn(6, 3, 4)
+    with mc.mc_dropout(lstm):
+        assert not torch.equal(lstm(seq)[0], lstm(seq)[0])
+    assert not lstm.training and not attention.training
+
+
+def test_drop_path_by_class_name_and_gaussian_noise_layers():
+    model = nn.Sequential(nn.Linear(4, 4), DropPath(0.5), dnn.GaussianDropout(0.2)).eval()
+    assert [p for p, _ in mc.stochastic_modules(model)] == ["1", "2"]
+    x = torch.randn(64, 4)
+    with mc.mc_dropout(model):
+        assert not torch.equal(model(x), model(x))
+
+
+def test_mc_dropout_rejects_models_without_a_stochastic_path():
+    with pytest.raises(ValueError, match="mc_dropout: model has no stochastic path"):
+        with mc.mc_dropout(nn.Sequential(nn.Linear(2, 2), nn.ReLU())):
+            pass
+    with pytest.raises(TypeError, match="mc_dropout: model must be a torch.nn.Module, but got 'int'."):
+        mc.mc_dropout(3)
+
+
+def test_predict_classification_summaries_are_consistent():
+    model = _mlp()
+    x = torch.randn(20, 8)
+    r = mc.predict(model, x, samples=40, seed=1, keep_samples=True)
+    assert r.samples.shape == (40, 20, 3) and r.mean.shape == (20, 3)
+    torch.testing.assert_close(r.mean.sum(1), torch.ones(20))
+    torch.testing.assert_close(r.mean, r.samples.mean(0))
+    assert torch.equal(r.votes.sum(1), torch.full((20,), 40))
+    assert torch.equal(r.majority, r.votes.argmax(1))
+    assert bool((r.mutual_information >= 0).all()) and bool((r.entropy <= math.log(3) + 1e-6).all())
+    torch.testing.assert_close(r.entropy - r.expected_entropy, r.mutual_information)
+    assert bool(((r.variation_ratio >= 0) & (r.variation_ratio <= 1 - 1 / 3 + 1e-6)).all())
+    assert r.variance is None
+
+
+def test_predict_is_reproducible_and_leaves_the_global_rng_alone():
+    model = _mlp()
+    x = torch.randn(10, 8)
+    state = torch.get_rng_state()
+    a = mc.predict(model, x, samples=10, seed=3, keep_samples=True)
+    assert torch.equal(torch.get_rng_state(), state)
+    b = mc.predict(model, x, samples=10, seed=3, keep_samples=True)
+    assert torch.equal(a.samples, b.samples)
+    assert not torch.equal(mc.predict(model, x, samples=10, seed=4, keep_samples=True).samples, a.samples)
+
+
+@pytest.mark.statistical
+def test_predict_regression_variance_matches_known_value():
+    # y = mean over 1000 units of dropout(1): Var = p / ((1 - p) * 1000); tau adds 1 / tau
+    p, units = 0.3, 1000
+    model = nn.Sequential(nn.Linear(1, units, bias=False), nn.Dropout(p), nn.Linear(units, 1, bias=False)).eval()
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+        model[2].weight.fill_(1.0 / units)
+    r = mc.predict(model, torch.ones(4, 1), samples=4000, task="regression", tau=10.0, seed=0)
+    expected = p / ((1 - p) * units)
+    # sampling error of a variance estimate from T draws: sqrt(2 / T) relative, 5 standard errors
+    assert torch.allclose(r.variance - 0.1, torch.full((4, 1), expected), rtol=5 * math.sqrt(2 / 4000))
+    torch.testing.assert_close(r.mean, torch.ones(4, 1), atol=5 * math.sqrt(expected / 4000), rtol=0)
+
+
+def test_predict_vectorised_and_loop_agree_in_distribution():
+    model = _mlp()
+    x = torch.randn(8, 8)
+    fast = mc.predict(model, x, samples=3000, seed=0)
+    slow = mc.predict(model, x, samples=3000, seed=0, vectorize=False)
+    torch.testing.assert_close(fast.mean, slow.mean, atol=0.03, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("model", "shape"),
+    [
+        (nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Dropout2d(0.3), nn.Flatten(), nn.Linear(4 * 4 * 4, 5)),
+         (6, 3, 6, 6)),
+        (nn.Sequential(nn.TransformerEncoderLayer(8, 2, 16, dropout=0.2, batch_first=True), nn.Flatten(),
+                       nn.Linear(5 * 8, 4)), (3, 5, 8)),
+    ],
+    ids=["conv-4d", "transformer-3d"],
+)  # fmt: skip
+def test_predict_accepts_any_input_rank(model, shape):
+    r = mc.predict(model.eval(), torch.randn(shape), samples=6, seed=0)
+    assert r.mean.shape[0] == shape[0]
+    torch.testing.assert_close(r.mean.sum(1), torch.ones(shape[0]))
+
+
+def test_predict_falls_back_to_a_loop_when_batchnorm_is_training():
+    model = _mlp()
+    model[1].train()
+    x = torch.randn(16, 8)
+    r = mc.predict(model, x, samples=5, seed=0)
+    assert r.mean.shape == (16, 3)
+    assert mc._mixes_batch(model)
+
+
+def test_predict_errors():
+    model = _mlp()
+    x = torch.randn(4, 8)
+    with pytest.raises(ValueError, match=r"^predict: samples must be an int >= 1, but got 0.$"):
+        mc.predict(model, x, samples=0)
+    with pytest.raises(ValueError, match=r"^predict: task must be one of 'classification', 'regression'"):
+        mc.predict(model, x, task="ranking")
+    with pytest.raises(ValueError, match=r"^predict: tau must be a finite number > 0, but got -1.0.$"):
+        mc.predict(model, x, task="regression", tau=-1.0)
+    with pytest.raises(TypeError, match=r"^predict: x must be a batched torch.Tensor"):
+        mc.predict(model, [1.0, 2.0])
+    with pytest.raises(RuntimeError, match="all 5 MC samples are identical"):
+        mc.predict(nn.Sequential(nn.Linear(8, 3), nn.Dropout(0.0)), x, samples=5)
+
+
+def test_gaussian_log_likelihood_matches_the_mixture_density():
+    samples = torch.tensor([[0.0], [1.0], [3.0]]).unsqueeze(-1)  # (T=3, N=1, 1)
+    target, tau = torch.tensor([[0.5]]), 2.0
+    density = sum(math.sqrt(tau / (2 * math.pi)) * math.exp(-0.5 * tau * (0.5 - s) ** 2) for s in (0.0, 1.0, 3.0)) / 3
+    got = mc.gaussian_log_likelihood(samples, target, tau)
+    assert math.isclose(float(got), math.log(density), rel_tol=1e-6)
+    with pytest.raises(ValueError, match="gaussian_log_likelihood: tau must be a finite number > 0, but got 0.0."):
+        mc.gaussian_log_likelihood(samples, target, 0.0)
