@@ -3,9 +3,12 @@
 - :mod:`dropkit.functional` — the ops (``dropout``, ``dropout1d/2d/3d``, ``alpha_dropout``, ...).
 - :mod:`dropkit.nn` — the Modules, drop-in for ``torch.nn.Dropout*``.
 - :mod:`dropkit.rng` — the counter-based Philox4x32-10 core every mask comes from.
+- :mod:`dropkit.mc` — Monte-Carlo dropout: ``mc_dropout(model)``, ``predict(model, x, samples=T)``.
+- :mod:`dropkit.metrics` — NLL, Brier, ECE (reliability data), AUROC.
+- :mod:`dropkit.surgery` — find, swap, re-rate and fold the dropout layers of any model.
 """
 
-from . import functional, nn, rng
+from . import functional, mc, metrics, nn, rng, surgery
 
 __version__ = "0.1.0"
-__all__ = ["functional", "nn", "rng", "__version__"]
+__all__ = ["functional", "nn", "rng", "mc", "metrics", "surgery", "__version__"]
