@@ -20,6 +20,7 @@ seeded kernels) and summarises them in an :class:`MCResult`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import math
 import threading
@@ -73,19 +74,30 @@ def _is_stochastic(module: nn.Module) -> bool:
 
 
 def _gates_dropout(module: nn.Module) -> bool:
-    """Whether ``module`` holds a positive dropout rate as a float it applies only when ``self.training``."""
+    """Whether ``module`` applies a dropout rate only when ``self.training``.
+
+    Either a positive float rate attribute (torch's ``nn.MultiheadAttention``, ``nn.LSTM``), or a dropout
+    child whose rate its own forward passes on under a ``self.training`` test (Hugging Face attention:
+    ``dropout=0.0 if not self.training else self.dropout.p``).
+    """
     for name in GATED_ATTRIBUTES:
         value = getattr(module, name, None)
         if isinstance(value, float) and value > 0:
             return True
-    return False
+    source = _forward_source(type(module))
+    return "self.training" in source and any(_is_stochastic(child) for child in module.children())
+
+
+@functools.cache
+def _forward_source(cls: type) -> str:
+    try:
+        return inspect.getsource(cls.forward)
+    except (OSError, TypeError):
+        return ""
 
 
 def _calls_functional_dropout(module: nn.Module) -> bool:
-    try:
-        source = inspect.getsource(type(module).forward)
-    except (OSError, TypeError):
-        return False
+    source = _forward_source(type(module))
     return "dropout" in source.lower() or "drop_path" in source
 
 
