@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from rich.console import Console
@@ -15,6 +16,7 @@ from rich.table import Table
 
 from . import functional as F
 from . import rng
+from .demo.data import DataError
 
 
 def _fmt(value: float) -> str:
@@ -81,9 +83,45 @@ def explain(values: Sequence[float], p: float, seed: int, console: Console) -> N
     )
 
 
+def _probability(text: str) -> float:
+    value = float(text)
+    if not (0.0 <= value < 1.0):
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), but got {text}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, but got {text}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dropkit", description="Seeded, mask-free, fast dropout for PyTorch.")
     commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser("demo", help="train with and without dropout on real data; plots and a report")
+    demo.add_argument("--dataset", choices=["digits", "mnist", "fashion-mnist"], default="digits")
+    demo.add_argument("--data-dir", help="folder with the MNIST / Fashion-MNIST IDX files")
+    demo.add_argument("--epochs", type=_positive, default=None, help="training epochs per run")
+    demo.add_argument("--p-input", type=_probability, default=0.2, help="dropout on the inputs (default 0.2)")
+    demo.add_argument("--p-hidden", type=_probability, default=0.5, help="dropout on hidden layers (default 0.5)")
+    demo.add_argument("--samples", type=_positive, default=50, help="MC-dropout samples (default 50)")
+    demo.add_argument("--hidden", type=_positive, default=None, help="hidden units per layer")
+    demo.add_argument("--train-size", type=_positive, default=None, help="training examples to keep")
+    demo.add_argument("--out", default="dropkit-demo", help="report folder (default ./dropkit-demo)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--quick", action="store_true", help="a few-second run (for tests)")
+    tune = commands.add_parser("tune", help="search dropout rates and width with Optuna (Hyperband pruning)")
+    tune.add_argument("--dataset", choices=["digits", "mnist", "fashion-mnist"], default="digits")
+    tune.add_argument("--data-dir", help="folder with the MNIST / Fashion-MNIST IDX files")
+    tune.add_argument("--trials", type=_positive, default=20, help="trials to run (default 20)")
+    tune.add_argument("--epochs", type=_positive, default=30, help="maximum epochs per trial (default 30)")
+    tune.add_argument("--train-size", type=_positive, default=None, help="training examples to keep")
+    tune.add_argument("--out", default="dropkit-tune", help="folder for study.db and plots (default ./dropkit-tune)")
+    tune.add_argument("--storage", help="Optuna storage URL (default: SQLite in --out; resumable)")
+    tune.add_argument("--study", default="dropkit", help="study name (default dropkit)")
+    tune.add_argument("--seed", type=int, default=0)
     ex = commands.add_parser("explain", help="walk through dropout on a few values (coin flips, scaling, eval)")
     ex.add_argument("--values", type=float, nargs="+", default=[2.0, 4.0, 6.0, 8.0], help="unit outputs")
     ex.add_argument("--p", type=float, default=0.5, help="drop probability in [0, 1] (default 0.5)")
@@ -97,10 +135,54 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     console = Console(width=None if sys.stdout.isatty() else 120)
     try:
-        explain(args.values, args.p, args.seed, console)
-    except (ValueError, TypeError) as error:
+        if args.command == "explain":
+            explain(args.values, args.p, args.seed, console)
+        elif args.command == "demo":
+            _demo(args, console)
+        elif args.command == "tune":
+            _tune(args, console)
+    except (ValueError, TypeError, OSError, DataError) as error:
         parser.exit(2, f"dropkit {args.command}: error: {error}\n")
     return 0
+
+
+def _tune(args: argparse.Namespace, console: Console) -> None:
+    from rich.progress import Progress
+
+    from .demo import data
+    from .tune import tune
+
+    train_size = args.train_size or (None if args.dataset == "digits" else 2000)
+    dataset = data.load(args.dataset, data_dir=args.data_dir, train_size=train_size, seed=args.seed)
+    with Progress(console=console) as progress:
+        task = progress.add_task("trials", total=args.trials)
+        study = tune(dataset, trials=args.trials, epochs=args.epochs, out=args.out, storage=args.storage,
+                     study_name=args.study, seed=args.seed,
+                     callbacks=[lambda study, trial: progress.advance(task)])  # fmt: skip
+    best = study.best_trial
+    table = Table(title=f"best of {len(study.trials)} trials (validation loss {best.value:.4f})")
+    table.add_column("parameter")
+    table.add_column("value", justify="right")
+    for name, value in best.params.items():
+        table.add_row(name, str(value))
+    console.print(table)
+    console.print(f"study: {args.storage or Path(args.out) / 'study.db'}; plots in {args.out}")
+
+
+def _demo(args: argparse.Namespace, console: Console) -> None:
+    from .demo import lab, run
+
+    config = lab.Config(p_input=args.p_input, p_hidden=args.p_hidden, samples=args.samples, seed=args.seed)
+    train_size, test_size = args.train_size, None
+    if args.dataset != "digits" and train_size is None:
+        train_size, test_size = 2000, 5000  # a small split of MNIST overfits within the demo's budget
+    if args.quick:
+        config.epochs, config.hidden, config.samples = 3, 64, min(args.samples, 8)
+        train_size, test_size = train_size or 100, 300
+    config.epochs = args.epochs or config.epochs
+    config.hidden = args.hidden or config.hidden
+    run(config, dataset=args.dataset, data_dir=args.data_dir, out=args.out, train_size=train_size,
+        test_size=test_size, console=console)  # fmt: skip
 
 
 if __name__ == "__main__":  # pragma: no cover
