@@ -62,7 +62,7 @@ def run(
     for title in report.COLUMNS.values():
         table.add_column(title, justify="right")
     for row in rows:
-        table.add_row(*(report._fmt(row[k]) for k in report.COLUMNS))
+        table.add_row(*(report.fmt(row[k]) for k in report.COLUMNS))
     console.print(table)
     files = report.write_report(results, dset, config, Path(out), seconds)
     console.print(f"report: {Path(out) / 'report.md'} ({len(files)} files)")

@@ -127,7 +127,8 @@ def _jsonable(results: dict) -> dict:
     return {name: {k: r[k] for k in keep if k in r} for name, r in results.items()}
 
 
-def _fmt(value: float | str) -> str:
+def fmt(value: float | str) -> str:
+    """A table cell: three decimals, an en dash for NaN (a run without that measurement)."""
     if isinstance(value, str):
         return value
     return "–" if math.isnan(value) else f"{value:.3f}"
@@ -136,7 +137,7 @@ def _fmt(value: float | str) -> str:
 def markdown_table(rows: list[dict]) -> str:
     """The summary rows as a Markdown table."""
     lines = ["| " + " | ".join(COLUMNS.values()) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_fmt(row[k]) for k in COLUMNS) + " |" for row in rows]
+    lines += ["| " + " | ".join(fmt(row[k]) for k in COLUMNS) + " |" for row in rows]
     return "\n".join(lines)
 
 
