@@ -44,6 +44,7 @@ class Config:
     depth: int = 2
     batch_size: int = 32
     lr: float = 1e-3
+    optimizer: str = "adam"  # "adam" or "sgd" (momentum 0.9)
     samples: int = 50
     p_input: float = 0.2
     p_hidden: float = 0.5
@@ -114,7 +115,10 @@ def train(
 ) -> History:
     """Train with Adam and cross-entropy; record eval-mode metrics on train and test after every epoch."""
     g = torch.Generator().manual_seed(config.seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    if config.optimizer == "sgd":
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9)
+    else:
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     history = History()
     n = len(data.x_train)
     for epoch in range(config.epochs):
