@@ -298,15 +298,41 @@ def _repeat(x: torch.Tensor, times: int) -> torch.Tensor:
     return x.unsqueeze(0).expand(times, *x.shape).reshape(times * x.shape[0], *x.shape[1:])
 
 
+#: Largest activation (elements) a stacked chunk may create: beyond cache sizes, stacking stops paying off.
+ACTIVATION_BUDGET = 1 << 23
+
+
+def _widest_activation(module: nn.Module, row: torch.Tensor) -> int:
+    """Elements of the largest tensor any submodule outputs for a batch of one row."""
+    sizes = [row.numel()]
+
+    def record(_module: nn.Module, _inputs: object, output: object) -> None:
+        if isinstance(output, torch.Tensor):
+            sizes.append(output.numel())
+
+    hooks = [m.register_forward_hook(record) for m in module.modules()]
+    try:
+        module(row)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return max(sizes)
+
+
 @torch.no_grad()
 def _draw(model: nn.Module, x: torch.Tensor, samples: int, max_rows: int, vectorize: bool) -> torch.Tensor:
-    """Return ``samples`` stochastic outputs of ``model`` at ``x``, shape ``(T, N, ...)``."""
+    """Return ``samples`` stochastic outputs of ``model`` at ``x``, shape ``(T, N, ...)``.
+
+    Stacked chunks hold at most ``max_rows`` rows and at most :data:`ACTIVATION_BUDGET` elements in their
+    widest activation (measured on one row); a chunk of one sample is a loop that reuses the prefix.
+    """
     n = x.shape[0]
     if not vectorize:
         return torch.stack([model(x) for _ in range(samples)])
     prefix, rest = _split_sequential(model)
     h = prefix(x) if prefix is not None else x
-    per_chunk = max(1, min(samples, max_rows // max(n, 1)))
+    rows = min(max_rows, ACTIVATION_BUDGET // _widest_activation(rest, h[:1]))
+    per_chunk = max(1, min(samples, rows // max(n, 1)))
     chunks = []
     for start in range(0, samples, per_chunk):
         t = min(per_chunk, samples - start)
@@ -330,9 +356,10 @@ def predict(
     r"""Draw ``samples`` MC-dropout predictions of ``model`` at ``x`` and summarise them.
 
     The samples are stacked in the batch dimension (``samples × N`` rows per forward, in chunks of at most
-    ``max_rows`` rows), the deterministic prefix of a ``Sequential`` runs once, and torch's dropout runs on
-    dropkit's seeded kernels. ``vectorize="auto"`` stacks unless a module in training mode mixes the batch
-    (BatchNorm in training, where stacking would change the result); ``False`` runs a Python loop.
+    ``max_rows`` rows whose widest activation stays within :data:`ACTIVATION_BUDGET` elements), the
+    deterministic prefix of a ``Sequential`` runs once, and torch's dropout runs on dropkit's seeded kernels.
+    ``vectorize="auto"`` stacks unless a module in training mode mixes the batch (BatchNorm in training, where
+    stacking would change the result); ``False`` runs a Python loop.
 
     Args:
         model: Any ``nn.Module`` with a stochastic path (see :class:`mc_dropout`).

@@ -269,27 +269,19 @@ def _mark_forked() -> None:
 
 os.register_at_fork(after_in_child=_mark_forked)
 
-#: Below this many elements a workqueue launch (tens of microseconds) costs more than the work.
+#: Below this many elements the serial kernels run: a parallel launch costs microseconds on an idle machine
+#: (omp, tbb), tens of microseconds with workqueue, and milliseconds when other processes keep the cores busy.
 _SMALL = 1 << 14
 
 
 def _parallel(numel: int) -> bool:
-    """Whether to run the multi-threaded kernels.
+    """Whether to run the multi-threaded kernels: for large inputs, and never in a forked child.
 
-    Not in a forked child (GNU OpenMP, numba's usual threading layer, is not fork-safe: DataLoader workers
-    run the serial twins), and not for small inputs unless the layer launches cheaply (omp, tbb: microseconds;
-    workqueue, the fallback when neither is installed: tens of microseconds). The serial twins are not
-    vectorised (LLVM cannot rule out that ``out`` aliases ``x`` there, as it can in numba's parallel
-    gufuncs), so large inputs always go parallel.
+    GNU OpenMP, numba's usual threading layer, is not fork-safe, so DataLoader workers run the serial twins.
+    The serial twins are not vectorised (LLVM cannot rule out that ``out`` aliases ``x`` there, as it can in
+    numba's parallel gufuncs), so large inputs always go parallel.
     """
-    if _forked:
-        return False
-    if numel >= _SMALL:
-        return True
-    try:
-        return numba.threading_layer() in ("omp", "tbb")
-    except ValueError:  # no parallel launch yet: the layer is not chosen
-        return False
+    return not _forked and numel >= _SMALL
 
 
 def _key(seed: int) -> tuple[np.uint32, np.uint32]:

@@ -1,0 +1,67 @@
+"""The MC-dropout benchmark keeps working: a quick smoke run, in-process (timings are not asserted)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_mc.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("bench_mc", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_mc"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_mc_quick_runs_every_case(tmp_path, capsys):
+    module = _load()
+    out, raw = tmp_path / "results.md", tmp_path / "raw.json"
+    results = module.main(["--quick", "--out", str(out), "--json", str(raw)])
+
+    ref = results["reference"]
+    assert ref["samples"] == 5 and ref["path"] == "stacked, prefix once"
+    timing = ref["timing"]
+    assert timing.errors == {}
+    assert set(timing.times) == {"loop", "stacked-torch", "floor", "dropkit"}
+    for times in timing.times.values():
+        assert len(times) == 2 and all(t > 0 for t in times)
+    for num, den, _ in module.A_RATIOS:
+        assert timing.ratio(num, den)["median"] > 0
+
+    fallbacks = {r["name"]: r for r in results["fallbacks"]}
+    assert set(fallbacks) == {"cnn", "bn-train", "transformer"}
+    assert fallbacks["bn-train"]["path"].startswith("Python loop")
+    assert fallbacks["cnn"]["path"] == fallbacks["transformer"]["path"] == "stacked, whole model"
+    for r in fallbacks.values():
+        t = r["timing"]
+        assert t.errors == {}
+        assert {"loop", "dropkit"} <= set(t.times)
+        assert all(x > 0 for times in t.times.values() for x in times)
+        assert t.ratio("loop", "dropkit")["median"] > 0
+    assert "stacked-torch" not in fallbacks["bn-train"]["timing"].times
+
+    text = capsys.readouterr().out
+    assert "loop/dropkit" in text and "dropkit/floor" in text
+    md = out.read_text()
+    assert md.startswith("## MC-dropout sampling speed") and md.count("|") > 40
+    dumped = json.loads(raw.read_text())
+    assert dumped["config"]["rounds"] == 2
+    assert set(dumped["reference"]["timing"]["seconds_per_call"]) == {"loop", "stacked-torch", "floor", "dropkit"}
+
+
+def test_contenders_draw_probabilities_of_the_same_shape():
+    module = _load()
+    model = module.mlp().eval()
+    x = module.torch.randn(4, module.MLP_SIZES[0])
+    for make in (module.loop_call, module.stacked_call, module.floor_call):
+        probs = make(model, x, 3)()
+        assert probs.shape == (3, 4, module.MLP_SIZES[-1])
+        assert module.torch.allclose(probs.sum(-1), module.torch.ones(3, 4))
+    assert not model.training  # the baselines restore the mode they found
+    result = module.dropkit_call(model, x, 3)()
+    assert result.mean.shape == (4, module.MLP_SIZES[-1])
