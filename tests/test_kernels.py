@@ -96,3 +96,24 @@ def test_concurrent_calls_from_threads_are_safe():
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda _: kernels.apply(x, spec), range(16)))
     assert all(torch.equal(r, expected) for r in results)
+
+
+def _dropout_in_child(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    from dropkit import functional as F
+
+    return F.dropout(x, 0.5, seed=3), cpu._forked
+
+
+def test_forked_child_runs_the_serial_kernels_with_the_same_masks():
+    """DataLoader-style fork after the parent used the thread pool: the child must not abort (GNU OpenMP)."""
+    import multiprocessing
+
+    from dropkit import functional as F
+
+    x = torch.randn(1 << 19)  # large enough for the multi-threaded kernel in the parent
+    with kernels.use_backend("numba"):
+        expected = F.dropout(x, 0.5, seed=3)
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        got, forked = pool.apply(_dropout_in_child, (x,))
+    assert forked and not cpu._forked
+    assert torch.equal(got, expected)

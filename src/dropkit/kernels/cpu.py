@@ -213,8 +213,8 @@ def _groups(offset: int, n: int) -> tuple[int, int]:
 
 _LANES = rng.LANES
 _GROUP = rng.GROUP
-# Parallel kernels give each thread whole groups; their serial twins (see _parallel) run the same span in one
-# go. Rows kernels split rows the same way.
+# Parallel kernels give each thread whole groups; their serial twins (see _launch) run the same span in one go.
+# Rows kernels split rows the same way.
 _GROUPS_PER_TASK = 4
 
 
@@ -269,19 +269,29 @@ def _mark_forked() -> None:
 
 os.register_at_fork(after_in_child=_mark_forked)
 
-#: Below this many elements the serial kernels run: a parallel launch costs microseconds on an idle machine
-#: (omp, tbb), tens of microseconds with workqueue, and milliseconds when other processes keep the cores busy.
-_SMALL = 1 << 14
+#: Below this many elements the parallel kernels run on the calling thread alone: waking the pool costs a few
+#: microseconds on an idle machine and milliseconds when other processes keep the cores busy.
+_ONE_THREAD_BELOW = 1 << 18
 
 
-def _parallel(numel: int) -> bool:
-    """Whether to run the multi-threaded kernels: for large inputs, and never in a forked child.
+def _launch(parallel, serial, numel: int, *args) -> None:
+    """Run a kernel: all threads for large inputs, one thread below :data:`_ONE_THREAD_BELOW`, serial in forks.
 
-    GNU OpenMP, numba's usual threading layer, is not fork-safe, so DataLoader workers run the serial twins.
-    The serial twins are not vectorised (LLVM cannot rule out that ``out`` aliases ``x`` there, as it can in
-    numba's parallel gufuncs), so large inputs always go parallel.
+    The one-thread launch still runs the parallel kernel, which LLVM vectorises (numba's gufuncs tell it that
+    ``out`` and ``x`` do not alias; the plain serial twins it cannot vectorise). Forked children (DataLoader
+    workers) run the serial twins: GNU OpenMP, numba's usual threading layer, is not fork-safe.
     """
-    return not _forked and numel >= _SMALL
+    if _forked:
+        serial(*args)
+    elif numel >= _ONE_THREAD_BELOW:
+        parallel(*args)
+    else:
+        threads = numba.get_num_threads()
+        numba.set_num_threads(1)
+        try:
+            parallel(*args)
+        finally:
+            numba.set_num_threads(threads)
 
 
 def _key(seed: int) -> tuple[np.uint32, np.uint32]:
@@ -292,9 +302,9 @@ def keep_mask(numel: int, seed: int, offset: int, threshold: int) -> torch.Tenso
     """Return the bool keep mask of global indices ``offset .. offset + numel - 1``, as :mod:`dropkit.rng` says."""
     out = torch.empty(numel, dtype=torch.bool)
     if numel:
-        kernel = _mask_parallel if _parallel(numel) else _mask_serial
+        args = (out.numpy(), *_groups(offset, numel), *_key(seed), np.int64(offset), np.uint32(threshold))
         with _LOCK:
-            kernel(out.numpy(), *_groups(offset, numel), *_key(seed), np.int64(offset), np.uint32(threshold))
+            _launch(_mask_parallel, _mask_serial, numel, *args)
     return out
 
 
@@ -323,17 +333,14 @@ def masked_affine(
         real = np.float32 if x.dtype == torch.float32 else np.float64
     xs, os_ = xs.reshape(-1), os_.reshape(-1)
     affine = (real(scale), real(bias), real(fill))
-    parallel = _parallel(x.numel())
     if row == 1:
-        groups = _groups(offset, x.numel())
+        args = (xs, os_, *_groups(offset, x.numel()), *_key(seed), np.int64(offset), np.uint32(threshold), *affine)
         with _LOCK:
-            (_elementwise_parallel if parallel else _elementwise_serial)(
-                xs, os_, *groups, *_key(seed), np.int64(offset), np.uint32(threshold), *affine
-            )
+            _launch(_elementwise_parallel, _elementwise_serial, x.numel(), *args)
         return
     keep = keep_mask(x.numel() // row, seed, offset, threshold).numpy()
     with _LOCK:
-        (_rows_parallel if parallel else _rows_serial)(xs, os_, keep, *affine, np.int64(row))
+        _launch(_rows_parallel, _rows_serial, x.numel(), xs, os_, keep, *affine, np.int64(row))
 
 
 def threads() -> int:
