@@ -21,14 +21,15 @@ train/test splits of Hernández-Lobato & Adams (2015), compared with the "grid s
   kept here on purpose);
 - reported as mean ± standard error over the splits (``np.std`` with ddof 0 / sqrt(n), as Gal's script).
 
-Speed (CPU, tiny nets, so Python overhead per step dominates): every net of a batch of splits -- by default all
-splits x the whole grid, e.g. 20 x 4 x 3 = 240 nets -- trains as ONE batched model: first-layer weights of shape
-``(G, in, hidden)`` and ``torch.baddbmm``, each net reading its own split's minibatch, with its own dropout masks
-(``dropkit.functional.dropout`` on the ``(G, batch, features)`` activations, one call per dropout rate) and its
-own weight decay. The nets of a split share its minibatch order. Summing the independent losses and stepping
-one Adam is exactly per-net Adam. Then each split's chosen configuration is retrained, again all splits at once.
-``--split-batch 1`` runs one split at a time (the grid of 12 batched). Seeds: a batch of splits starting at
-split ``k`` uses ``--seed + 1000 k``, so results are reproducible for a given ``--split-batch``.
+Speed (CPU; one tiny net per optimizer step would be all Python overhead): every net of a batch of splits --
+by default all splits x the whole grid, e.g. 20 x 4 x 3 = 240 nets -- trains as ONE batched model: first-layer
+weights of shape ``(G, in, hidden)`` and ``torch.baddbmm``, each net reading its own split's minibatch, with its
+own dropout masks (``dropkit.functional.dropout`` on the ``(G, batch, features)`` activations, one call per
+dropout rate) and its own weight decay. The nets of a split share its minibatch order. Summing the independent
+losses and stepping one Adam is exactly per-net Adam. Then each split's chosen configuration is retrained, again
+all splits at once. ``--split-batch 1`` runs one split at a time (the grid of 12 batched). Seeds: a batch of
+splits starting at split ``k`` uses ``--seed + 1000 k``, so results are reproducible for a given
+``--split-batch``.
 MC prediction runs on a plain ``nn.Sequential(Dropout, Linear, ReLU, Dropout, Linear)`` built from each trained
 net, through ``dropkit.mc.predict``. Threads: torch 1 and numba 1 by default (faster than 2 for these sizes on a
 2-core machine), and ``OMP_WAIT_POLICY=PASSIVE`` (see below).
@@ -37,11 +38,11 @@ Run::
 
     .venv/bin/python benchmarks/uci_gal.py /work/shared/data/uci-gal2016/bostonHousing --quick
     .venv/bin/python benchmarks/uci_gal.py DATA/bostonHousing DATA/concrete --out section.md --json raw.json
-    .venv/bin/python benchmarks/uci_gal.py DATA/kin8nm --splits 5 --epochs-multiplier 10   # a REDUCED run
+    .venv/bin/python benchmarks/uci_gal.py DATA/kin8nm --splits 10 --epochs-multiplier 10 --val-samples 1000  # REDUCED
 
 ``--quick`` is a smoke test (2 splits, 1 x base epochs / 20, T = 100): its numbers mean nothing. Every run
-prints the settings it actually used; a run with fewer splits or a smaller multiplier is not the published
-protocol and the table says so.
+prints the settings it actually used; a run with fewer splits, a smaller multiplier or fewer (validation) MC
+samples is not the published protocol and the Markdown section says so.
 """
 
 from __future__ import annotations
@@ -308,7 +309,7 @@ def run_splits(ds: Dataset, ks: list[int], epochs: int, samples: int, val_sample
     nets = [(p, i, tau) for p in ds.dropout_rates for i in range(len(ks)) for tau in ds.tau_values]
     grid = BatchedMLP(ds.x.shape[1], ds.n_hidden, [p for p, _, _ in nets], [i for _, i, _ in nets])
     decay = torch.tensor([weight_decay(p, tau, n_fit) for p, _, tau in nets])
-    label = f"{ds.name} splits {ks[0] + 1}-{ks[-1] + 1}"
+    label = f"{ds.name} {_span(ks)}"
     train(
         grid,
         torch.stack([f.x for f in fit]),
@@ -342,6 +343,10 @@ def run_splits(ds: Dataset, ks: list[int], epochs: int, samples: int, val_sample
         tests[i] = mc_evaluate(final.member(g), full[i], ds.x[te], ds.y[te], best[i][1], samples, seed + 100_000 + i)
     share = (time.perf_counter() - t0) / len(ks)
     return [SplitResult(k, *tests[i], *best[i], max(val_ll[i]), share, val_ll[i]) for i, k in enumerate(ks)]
+
+
+def _span(ks: list[int]) -> str:
+    return f"split {ks[0] + 1}" if len(ks) == 1 else f"splits {ks[0] + 1}-{ks[-1] + 1}"
 
 
 def mean_se(values: list[float]) -> tuple[float, float]:
@@ -470,7 +475,7 @@ def run_dataset(ds: Dataset, args: argparse.Namespace) -> dict[str, Any]:
             )
         rm, lm = mean_se([s.rmse for s in splits]), mean_se([s.ll for s in splits])
         print(
-            f"[{ds.name}] splits {ks[0] + 1}-{ks[-1] + 1} trained together in {time.perf_counter() - t_batch:.1f} s "
+            f"[{ds.name}] {_span(ks)} done in {time.perf_counter() - t_batch:.1f} s "
             f"({(time.perf_counter() - t_batch) / len(ks):.1f} s per split) | running RMSE {_fmt(*rm)}, "
             f"LL {_fmt(*lm)} | elapsed {_duration(time.perf_counter() - t0)}",
             flush=True,

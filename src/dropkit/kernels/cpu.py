@@ -343,6 +343,27 @@ def masked_affine(
         _launch(_rows_parallel, _rows_serial, x.numel(), xs, os_, keep, *affine, np.int64(row))
 
 
+def _start_quiet_pool() -> None:
+    """Start numba's thread pool with idle threads that sleep instead of spinning.
+
+    torch and numba each load their own OpenMP runtime; by default idle OpenMP threads busy-wait, so on a
+    small machine numba's idle threads steal the cores from torch's next operation (and the reverse). numba's
+    runtime reads ``OMP_WAIT_POLICY`` once, when its pool starts: set it to ``PASSIVE`` for that moment only
+    (torch's runtime, already running, keeps its own setting; a value the user set is left alone).
+    """
+    if "OMP_WAIT_POLICY" in os.environ:
+        _mask_parallel(np.empty(1, dtype=np.bool_), 0, 1, np.uint32(0), np.uint32(0), np.int64(0), np.uint32(0))
+        return
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:
+        _mask_parallel(np.empty(1, dtype=np.bool_), 0, 1, np.uint32(0), np.uint32(0), np.int64(0), np.uint32(0))
+    finally:
+        del os.environ["OMP_WAIT_POLICY"]
+
+
+_start_quiet_pool()
+
+
 def threads() -> int:
     """Number of threads the kernels run on (numba's setting)."""
     return int(numba.get_num_threads())
