@@ -24,6 +24,7 @@ import functools
 import inspect
 import math
 import threading
+import time
 from dataclasses import dataclass
 
 import torch
@@ -320,11 +321,15 @@ def _widest_activation(module: nn.Module, row: torch.Tensor) -> int:
 
 
 @torch.no_grad()
-def _draw(model: nn.Module, x: torch.Tensor, samples: int, max_rows: int, vectorize: bool) -> torch.Tensor:
+def _draw(
+    model: nn.Module, x: torch.Tensor, samples: int, max_rows: int, vectorize: bool, adaptive: bool
+) -> torch.Tensor:
     """Return ``samples`` stochastic outputs of ``model`` at ``x``, shape ``(T, N, ...)``.
 
     Stacked chunks hold at most ``max_rows`` rows and at most :data:`ACTIVATION_BUDGET` elements in their
-    widest activation (measured on one row); a chunk of one sample is a loop that reuses the prefix.
+    widest activation (measured on one row); a chunk of one sample is a loop that reuses the prefix. With
+    ``adaptive``, the first stacked chunk and one single-sample forward are timed and the faster way draws
+    the rest (some models, convolutions especially, run slower on large batches than in a loop).
     """
     n = x.shape[0]
     if not vectorize:
@@ -333,11 +338,21 @@ def _draw(model: nn.Module, x: torch.Tensor, samples: int, max_rows: int, vector
     h = prefix(x) if prefix is not None else x
     rows = min(max_rows, ACTIVATION_BUDGET // _widest_activation(rest, h[:1]))
     per_chunk = max(1, min(samples, rows // max(n, 1)))
-    chunks = []
-    for start in range(0, samples, per_chunk):
-        t = min(per_chunk, samples - start)
-        out = rest(_repeat(h, t))
+    chunks, done = [], 0
+    while done < samples:
+        t = min(per_chunk, samples - done)
+        start = time.perf_counter()
+        out = rest(_repeat(h, t)) if t > 1 else rest(h)
         chunks.append(out.reshape(t, n, *out.shape[1:]))
+        stacked = (time.perf_counter() - start) / t
+        done += t
+        if adaptive and t > 1 and done < samples:
+            start = time.perf_counter()
+            chunks.append(rest(h).unsqueeze(0))
+            done += 1
+            if time.perf_counter() - start < stacked:
+                per_chunk = 1
+            adaptive = False
     return torch.cat(chunks)
 
 
@@ -359,7 +374,9 @@ def predict(
     ``max_rows`` rows whose widest activation stays within :data:`ACTIVATION_BUDGET` elements), the
     deterministic prefix of a ``Sequential`` runs once, and torch's dropout runs on dropkit's seeded kernels.
     ``vectorize="auto"`` stacks unless a module in training mode mixes the batch (BatchNorm in training, where
-    stacking would change the result); ``False`` runs a Python loop.
+    stacking would change the result) and, when no ``seed`` is given, times one stacked chunk against one
+    single forward and keeps the faster (a timing-based choice would make seeded samples depend on the
+    machine's speed, so seeded calls always stack); ``False`` runs a Python loop.
 
     Args:
         model: Any ``nn.Module`` with a stochastic path (see :class:`mc_dropout`).
@@ -403,7 +420,7 @@ def predict(
     with rng_scope, mc_dropout(model):
         if seed is not None:
             torch.manual_seed(seed)
-        outputs = _draw(model, x, samples, max_rows, stack)
+        outputs = _draw(model, x, samples, max_rows, stack, adaptive=vectorize == "auto" and seed is None)
     if samples > 1 and bool((outputs == outputs[:1]).all()):
         raise RuntimeError(
             f"{op}: all {samples} MC samples are identical: no stochastic path was active in "
