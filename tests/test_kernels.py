@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -98,10 +99,12 @@ def test_concurrent_calls_from_threads_are_safe():
     assert all(torch.equal(r, expected) for r in results)
 
 
-def _dropout_in_child(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+def _dropout_in_child(x: np.ndarray) -> tuple[np.ndarray, bool]:
     from dropkit import functional as F
 
-    return F.dropout(x, 0.5, seed=3), cpu._forked
+    # numpy in and out: torch's tensor pickling shares memory through a file-descriptor server, which a
+    # pool worker forked from a multi-threaded parent can deadlock on
+    return F.dropout(torch.from_numpy(x), 0.5, seed=3).numpy(), cpu._forked
 
 
 def test_forked_child_runs_the_serial_kernels_with_the_same_masks():
@@ -114,6 +117,6 @@ def test_forked_child_runs_the_serial_kernels_with_the_same_masks():
     with kernels.use_backend("numba"):
         expected = F.dropout(x, 0.5, seed=3)
     with multiprocessing.get_context("fork").Pool(1) as pool:
-        got, forked = pool.apply(_dropout_in_child, (x,))
+        got, forked = pool.apply_async(_dropout_in_child, (x.numpy(),)).get(timeout=120)
     assert forked and not cpu._forked
-    assert torch.equal(got, expected)
+    assert torch.equal(torch.from_numpy(got), expected)
