@@ -102,6 +102,11 @@ def _calls_functional_dropout(module: nn.Module) -> bool:
     return "dropout" in source.lower() or "drop_path" in source
 
 
+def _has_stochastic_path(model: nn.Module) -> bool:
+    """Whether anything in ``model`` draws random numbers in training: a module to switch or a functional call."""
+    return bool(stochastic_modules(model)) or any(_calls_functional_dropout(m) for m in model.modules())
+
+
 def stochastic_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Return ``(path, module)`` for every module :func:`mc_dropout` puts in training mode."""
     return [
@@ -185,7 +190,7 @@ class mc_dropout(contextlib.ContextDecorator):  # noqa: N801 - used like a funct
 
     def __enter__(self) -> nn.Module:
         targets = [m for _, m in stochastic_modules(self.model)]
-        if not targets and not any(_calls_functional_dropout(m) for m in self.model.modules()):
+        if not _has_stochastic_path(self.model):
             raise ValueError(
                 f"mc_dropout: model has no stochastic path (no dropout module, no dropout rate gated on "
                 f"self.training, no functional dropout in a forward), so MC samples would all be equal; "
@@ -290,7 +295,7 @@ def _split_sequential(model: nn.Module) -> tuple[nn.Module | None, nn.Module]:
     if not isinstance(model, nn.Sequential):
         return None, model
     for i, layer in enumerate(model):
-        if stochastic_modules(layer) or any(_calls_functional_dropout(m) for m in layer.modules()):
+        if _has_stochastic_path(layer):
             return (model[:i] if i else None), model[i:]
     return None, model
 

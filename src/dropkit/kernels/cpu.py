@@ -295,7 +295,7 @@ def _launch(parallel, serial, numel: int, *args) -> None:
 
 
 def _key(seed: int) -> tuple[np.uint32, np.uint32]:
-    return np.uint32(seed & 0xFFFFFFFF), np.uint32((seed >> 32) & 0xFFFFFFFF)
+    return tuple(np.uint32(half) for half in rng._split_seed(seed))  # type: ignore[return-value]
 
 
 def keep_mask(numel: int, seed: int, offset: int, threshold: int) -> torch.Tensor:
@@ -351,14 +351,14 @@ def _start_quiet_pool() -> None:
     runtime reads ``OMP_WAIT_POLICY`` once, when its pool starts: set it to ``PASSIVE`` for that moment only
     (torch's runtime, already running, keeps its own setting; a value the user set is left alone).
     """
-    if "OMP_WAIT_POLICY" in os.environ:
-        _mask_parallel(np.empty(1, dtype=np.bool_), 0, 1, np.uint32(0), np.uint32(0), np.int64(0), np.uint32(0))
-        return
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    try:
+    ours = "OMP_WAIT_POLICY" not in os.environ
+    if ours:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:  # the first parallel launch starts the pool
         _mask_parallel(np.empty(1, dtype=np.bool_), 0, 1, np.uint32(0), np.uint32(0), np.int64(0), np.uint32(0))
     finally:
-        del os.environ["OMP_WAIT_POLICY"]
+        if ours:
+            del os.environ["OMP_WAIT_POLICY"]
 
 
 _start_quiet_pool()
