@@ -11,6 +11,7 @@ import torch
 
 import dropkit.nn as dnn
 from dropkit import functional as F
+from dropkit import rng
 
 X = torch.ones(2, 3, 4, 4)
 
@@ -42,7 +43,16 @@ CASES = [
     (lambda: F.dropout(X, seed=1.5), TypeError, "dropout: seed must be an int, but got 1.5."),
     (lambda: F.dropout(X, seed=-1), ValueError, "dropout: seed must be in [0, 2**64), but got -1."),
     (lambda: F.dropout(X, seed=2**64), ValueError, f"dropout: seed must be in [0, 2**64), but got {2**64}."),
-    (lambda: F.dropout(X, generator=3), TypeError, "dropout: generator must be a torch.Generator, but got 'int'."),
+    (
+        lambda: F.dropout(X, generator=3),
+        TypeError,
+        "dropout: generator must be a torch.Generator or a dropkit.rng.DeviceGenerator, but got 'int'.",
+    ),
+    (
+        lambda: F.gaussian_dropout(X, 0.1, generator=rng.DeviceGenerator(device="cpu")),
+        TypeError,
+        "gaussian_dropout: generator must be a torch.Generator, but got 'DeviceGenerator'.",
+    ),
     (
         lambda: F.dropout(X, seed=1, generator=torch.Generator()),
         ValueError,

@@ -82,15 +82,23 @@ def tensor_input(op: str, x: object, training: bool) -> None:
         raise _fail(op, "input", "a floating-point tensor in training", x.dtype, TypeError)
 
 
-def seed_source(op: str, seed: object, generator: object) -> None:
-    """Check ``seed`` (an int in ``[0, 2^64)``) and ``generator`` (a ``torch.Generator``); at most one may be set."""
+def seed_source(op: str, seed: object, generator: object, device_generator: bool = True) -> None:
+    """Check ``seed`` (an int in ``[0, 2^64)``) and ``generator``; at most one may be set.
+
+    ``generator`` is a ``torch.Generator`` or, for ops whose masks run on the shared kernels
+    (``device_generator=True``), a :class:`dropkit.rng.DeviceGenerator`.
+    """
+    from . import rng
+
     if seed is not None:
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             raise _fail(op, "seed", "an int", seed, TypeError)
         if not (0 <= int(seed) < _SEED_LIMIT):
             raise _fail(op, "seed", "in [0, 2**64)", seed)
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise _fail(op, "generator", "a torch.Generator", type(generator).__name__, TypeError)
+    allowed = (torch.Generator, rng.DeviceGenerator) if device_generator else (torch.Generator,)
+    if generator is not None and not isinstance(generator, allowed):
+        expected = "a torch.Generator or a dropkit.rng.DeviceGenerator" if device_generator else "a torch.Generator"
+        raise _fail(op, "generator", expected, type(generator).__name__, TypeError)
     if seed is not None and generator is not None:
         raise ValueError(f"{op}: pass either seed or generator, not both.")
 
@@ -116,3 +124,15 @@ def min_dim(op: str, x: torch.Tensor, ndim: int, layout: str) -> None:
 def warn(message: str) -> None:
     """Emit a ``UserWarning`` attributed to the caller of the public function."""
     warnings.warn(message, UserWarning, stacklevel=4)
+
+
+def matching(op: str, name: str, tensor: object, shape: tuple[int, ...], like: torch.Tensor) -> None:
+    """Check that the optional ``tensor`` has ``shape`` and ``like``'s device (``None`` passes)."""
+    if tensor is None:
+        return
+    if not isinstance(tensor, torch.Tensor):
+        raise _fail(op, name, "a torch.Tensor or None", type(tensor).__name__, TypeError)
+    if tuple(tensor.shape) != tuple(shape):
+        raise ShapeError(f"{op}: {name} must have shape {tuple(shape)}, but got {tuple(tensor.shape)}.")
+    if tensor.device != like.device:
+        raise ValueError(f"{op}: {name} must be on {like.device}, like the input, but got {tensor.device}.")

@@ -36,6 +36,9 @@ __all__ = [
     "feature_alpha_dropout",
     "gaussian_dropout",
     "gaussian_noise",
+    "bias_dropout_add",
+    "dropout_add_layer_norm",
+    "dropout_add_rms_norm",
 ]
 
 MODES = ("inverted", "classic")
@@ -103,11 +106,28 @@ def _seed(seed: int | None, generator: torch.Generator | None) -> int:
     return int(seed) if seed is not None else rng.draw_seed(generator)
 
 
+def _spec(
+    input: torch.Tensor,
+    seed: int | None,
+    generator: torch.Generator | rng.DeviceGenerator | None,
+    p: float,
+    scale: float,
+    bias: float = 0.0,
+    fill: float = 0.0,
+    mask_dims: int = -1,
+) -> MaskSpec:
+    """Return the mask spec of one call: seeded from ``seed``, a torch generator, or a device generator."""
+    if isinstance(generator, rng.DeviceGenerator):
+        state = generator.draw(math.prod(input.shape[:mask_dims] if mask_dims >= 0 else input.shape))
+        return MaskSpec(0, 0, _threshold(p), scale, bias, fill, mask_dims, state=state.to(input.device))
+    return MaskSpec(_seed(seed, generator), 0, _threshold(p), scale, bias, fill, mask_dims)
+
+
 def _checked(
-    op: str, p: float, keep: float | None, seed: int | None, generator: torch.Generator | None, allow_one: bool = True
+    op: str, p: float, keep: float | None, seed: int | None, generator: torch.Generator | None
 ) -> float:
     """Validate the arguments shared by every op; return the drop probability."""
-    p = _validate.probability(op, p, keep, allow_one=allow_one)
+    p = _validate.probability(op, p, keep)
     _validate.seed_source(op, seed, generator)
     return p
 
@@ -133,7 +153,7 @@ def _masked(
     if not training or p == 0.0 or input.numel() == 0:
         return input
     scale = 0.0 if p == 1.0 else (1.0 / (1.0 - p) if mode == "inverted" else 1.0)
-    spec = MaskSpec(_seed(seed, generator), 0, _threshold(p), scale, mask_dims=mask_dims)
+    spec = _spec(input, seed, generator, p, scale, mask_dims=mask_dims)
     return _MaskedAffineFn.apply(input, spec, bool(inplace))
 
 
@@ -298,11 +318,11 @@ def _alpha(
     if not training or p == 0.0 or input.numel() == 0:
         return input
     if p == 1.0:
-        spec = MaskSpec(_seed(seed, generator), 0, _threshold(p), 0.0, mask_dims=mask_dims)
+        spec = _spec(input, seed, generator, p, 0.0, mask_dims=mask_dims)
     else:
         a = 1.0 / math.sqrt((SELU_ALPHA_PRIME**2 * p + 1.0) * (1.0 - p))
         bias, fill = SELU_ALPHA_PRIME * a * p, SELU_ALPHA_PRIME * a * (p - 1.0)
-        spec = MaskSpec(_seed(seed, generator), 0, _threshold(p), a, bias, fill, mask_dims)
+        spec = _spec(input, seed, generator, p, a, bias, fill, mask_dims)
     return _MaskedAffineFn.apply(input, spec, bool(inplace))
 
 
@@ -412,7 +432,8 @@ def gaussian_dropout(
         >>> gaussian_dropout(torch.ones(3), p=0.5, training=False)
         tensor([1., 1., 1.])
     """
-    p = _checked("gaussian_dropout", p, keep, seed, generator, allow_one=False)
+    p = _validate.probability("gaussian_dropout", p, keep, allow_one=False)
+    _validate.seed_source("gaussian_dropout", seed, generator, device_generator=False)
     training = bool(training) or _forced_training
     _validate.tensor_input("gaussian_dropout", input, training)
     if not training or p == 0.0 or input.numel() == 0:
@@ -447,10 +468,285 @@ def gaussian_noise(
         tensor([1., 1.])
     """
     stddev = _validate.nonnegative("gaussian_noise", "stddev", stddev)
-    _validate.seed_source("gaussian_noise", seed, generator)
+    _validate.seed_source("gaussian_noise", seed, generator, device_generator=False)
     training = bool(training) or _forced_training
     _validate.tensor_input("gaussian_noise", input, training)
     if not training or stddev == 0.0 or input.numel() == 0:
         return input
     noise = rng.normal(input.shape, _seed(seed, generator), device=input.device).mul_(stddev).to(input.dtype)
     return input.add_(noise) if inplace else input + noise
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fused dropout + residual (+ bias) (+ norm): one kernel on CUDA (dropkit.kernels.triton), composed ops elsewhere.
+# The dropout mask of ``x`` is the one ``dropout(x, p, seed=s)`` draws, so fused and composed paths agree.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class _BiasDropoutAddFn(torch.autograd.Function):
+    """``residual + dropout(x + bias)``: the mask regenerated in backward."""
+
+    @staticmethod
+    def forward(ctx, x, bias, residual, spec):  # type: ignore[override]
+        ctx.spec, ctx.has_bias = spec, bias is not None
+        ctx.dtypes = (None if bias is None else bias.dtype, residual.dtype)
+        return kernels.apply(x, spec, bias=bias, residual=residual)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        dx = kernels.apply(grad.contiguous(), ctx.spec.linear())
+        dbias = dx.reshape(-1, dx.shape[-1]).sum(0).to(ctx.dtypes[0]) if ctx.has_bias else None
+        return dx, dbias, grad.to(ctx.dtypes[1]), None
+
+
+def bias_dropout_add(
+    x: torch.Tensor,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor,
+    p: float,
+    training: bool = True,
+    *,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    r"""Return ``residual + dropout(x + bias, p)`` in one pass over memory.
+
+    :math:`y = r + m \odot (x + b) / (1 - p)`, :math:`m \sim \mathrm{Bernoulli}(1 - p)` per element, ``b``
+    broadcast over the last dimension; in eval :math:`y = r + x + b`. The transformer's post-projection step
+    (Megatron-LM's ``bias_dropout_add``); on CUDA one Triton kernel reads ``x``, ``bias`` and ``residual``
+    once and writes ``y``, and backward regenerates the mask (nothing of ``x``'s size is kept).
+
+    Args:
+        x: Input of shape :math:`(*, H)`.
+        bias: Bias of shape :math:`(H,)`, or ``None``.
+        residual: Tensor of ``x``'s shape and dtype.
+        p: Probability of zeroing an element of ``x + bias``. Must satisfy ``0 <= p <= 1``.
+        training: Apply dropout if ``True``. Default: ``True``.
+        seed: Explicit 64-bit seed. Default: ``None``.
+        generator: Generator to draw the seed from. Default: torch's global CPU generator.
+
+    Returns:
+        Tensor of ``x``'s shape, dtype and device.
+
+    Raises:
+        ValueError: If ``p`` is outside ``[0, 1]`` or the shapes do not match.
+
+    Example:
+        >>> y = bias_dropout_add(torch.ones(2, 4), torch.ones(4), torch.zeros(2, 4), 0.5, seed=0)
+        >>> sorted(set(y.flatten().tolist()))
+        [0.0, 4.0]
+
+    References:
+        Shoeybi et al., "Megatron-LM", 2019, https://arxiv.org/abs/1909.08053
+    """
+    op = "bias_dropout_add"
+    p = _checked(op, p, None, seed, generator)
+    _validate.tensor_input(op, x, True)
+    _validate.matching(op, "residual", residual, tuple(x.shape), x)
+    _validate.matching(op, "bias", bias, tuple(x.shape[-1:]), x)
+    if residual.dtype != x.dtype:
+        raise TypeError(f"{op}: residual must have the dtype of x ({x.dtype}), but got {residual.dtype}.")
+    training = bool(training) or _forced_training
+    if not training or p == 0.0 or x.numel() == 0:
+        return residual + (x if bias is None else x + bias)
+    spec = _spec(x, seed, generator, p, 0.0 if p == 1.0 else 1.0 / (1.0 - p))
+    return _BiasDropoutAddFn.apply(x.contiguous(), bias, residual.contiguous(), spec)
+
+
+class _DropoutAddNormFn(torch.autograd.Function):
+    """The fused kernel pair: ``(y, h)`` forward, the dropout mask regenerated in backward."""
+
+    @staticmethod
+    def forward(ctx, x, residual, weight, bias, rowscale, spec, eps, is_rms, residual_dtype):  # type: ignore[override]
+        shape, cols = x.shape, x.shape[-1]
+        x2 = x.reshape(-1, cols).contiguous()
+        r2 = None if residual is None else residual.reshape(-1, cols).contiguous()
+        y, h, mean, rstd = kernels.norm_forward(x2, r2, weight, bias, rowscale, spec, eps, is_rms, residual_dtype)
+        ctx.save_for_backward(h, weight, rowscale, mean, rstd)
+        ctx.spec, ctx.is_rms, ctx.shape = spec, is_rms, shape
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.x_dtype, ctx.residual_dtype = x.dtype, None if residual is None else residual.dtype
+        ctx.set_materialize_grads(False)
+        return y.view(shape), h.view(shape)
+
+    @staticmethod
+    def backward(ctx, dy, dh):  # type: ignore[override]
+        h, weight, rowscale, mean, rstd = ctx.saved_tensors
+        dy = torch.zeros_like(h, dtype=ctx.x_dtype) if dy is None else dy.reshape(h.shape).contiguous()
+        dh = None if dh is None else dh.reshape(h.shape).contiguous()
+        dx, dres, dw, db = kernels.norm_backward(
+            dy, h, weight, ctx.bias_dtype is not None, rowscale, mean, rstd, dh, ctx.spec, ctx.is_rms, ctx.x_dtype,
+            ctx.residual_dtype,
+        )
+        return (
+            dx.view(ctx.shape),
+            None if ctx.residual_dtype is None else dres.view(ctx.shape),
+            None if weight is None else dw.to(weight.dtype),
+            None if ctx.bias_dtype is None else db.to(ctx.bias_dtype),
+            None, None, None, None, None,
+        )
+
+
+def _dropout_add_norm(
+    op: str,
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    p: float,
+    eps: float,
+    rowscale: torch.Tensor | None,
+    prenorm: bool,
+    residual_in_fp32: bool,
+    training: bool,
+    seed: int | None,
+    generator: torch.Generator | None,
+    is_rms: bool,
+):
+    p = _checked(op, p, None, seed, generator)
+    eps = _validate.nonnegative(op, "eps", eps)
+    _validate.tensor_input(op, x, True)
+    _validate.min_dim(op, x, 1, "(*, H)")
+    cols, rows = x.shape[-1], x.numel() // max(1, x.shape[-1])
+    _validate.matching(op, "residual", residual, tuple(x.shape), x)
+    _validate.matching(op, "weight", weight, (cols,), x)
+    _validate.matching(op, "bias", bias, (cols,), x)
+    if rowscale is not None:
+        _validate.matching(op, "rowscale", rowscale.reshape(-1), (rows,), x)
+        rowscale = rowscale.reshape(-1).contiguous()
+    residual_dtype = residual.dtype if residual is not None else (torch.float32 if residual_in_fp32 else x.dtype)
+    training = bool(training) or _forced_training
+    spec = None
+    if training and p > 0.0 and x.numel() > 0:
+        spec = _spec(x, seed, generator, p, 0.0 if p == 1.0 else 1.0 / (1.0 - p))
+    if x.numel() > 0 and kernels.fused_norm(x):
+        y, h = _DropoutAddNormFn.apply(x, residual, weight, bias, rowscale, spec, eps, is_rms, residual_dtype)
+    else:
+        y, h = _dropout_add_norm_composed(x, residual, weight, bias, rowscale, spec, eps, is_rms, residual_dtype)
+    return (y, h) if prenorm else y
+
+
+def _dropout_add_norm_composed(x, residual, weight, bias, rowscale, spec, eps, is_rms, residual_dtype):
+    """The same maths from separate ops (CPU, float64, rows beyond the kernel's reach): computed in fp32 or wider."""
+    wide = torch.promote_types(x.dtype, torch.float32)
+    h = x.to(wide)
+    if rowscale is not None:
+        h = h * rowscale.to(wide).reshape(x.shape[:-1] + (1,))
+    if spec is not None:
+        h = _MaskedAffineFn.apply(h.contiguous(), spec, False)
+    if residual is not None:
+        h = h + residual.to(wide)
+    w = None if weight is None else weight.to(wide)
+    if is_rms:
+        y = torch.nn.functional.rms_norm(h, (x.shape[-1],), w, eps)
+        y = y if bias is None else y + bias.to(wide)
+    else:
+        y = torch.nn.functional.layer_norm(h, (x.shape[-1],), w, None if bias is None else bias.to(wide), eps)
+    return y.to(x.dtype), h.to(residual_dtype)
+
+
+def _norm_doc(name: str, math_line: str, reference: str) -> str:
+    return rf"""Return {name} of ``dropout(x * rowscale) + residual`` (and that sum, with ``prenorm=True``).
+
+    Per row of length :math:`H` (the last dimension):
+
+    .. math::
+
+        h = m \odot (x \cdot r) / (1 - p) + \text{{residual}}, \qquad {math_line}
+
+    with :math:`m \sim \mathrm{{Bernoulli}}(1 - p)` per element (the mask ``dropout(x, p, seed=s)`` draws) and
+    :math:`r` the optional per-row scale (e.g. a DropPath keep mask over :math:`1 - p_\text{{path}}`). On CUDA
+    one Triton kernel reads ``x`` and ``residual`` once and writes ``y`` and ``h``; backward regenerates the
+    mask from the seed, so dropout keeps 0 bytes per element. Elsewhere the same maths runs as separate ops.
+    Argument names and order follow flash-attn's ``dropout_add_layer_norm`` (``p`` for ``dropout_p``).
+
+    Args:
+        x: Input of shape :math:`(*, H)`.
+        residual: Tensor of ``x``'s shape, or ``None`` (then :math:`h` is the dropped-out ``x``).
+        weight: Scale :math:`w` of shape :math:`(H,)`, or ``None``.
+        bias: Shift :math:`b` of shape :math:`(H,)`, or ``None``.
+        p: Probability of zeroing an element of ``x``. Must satisfy ``0 <= p <= 1``.
+        eps: Added to the variance for stability. Default: ``1e-5``.
+        rowscale: Per-row scale of shape :math:`(*)` (``x.shape[:-1]``), or ``None``. Default: ``None``.
+        prenorm: Also return :math:`h`, the new residual stream. Default: ``False``.
+        residual_in_fp32: With ``residual=None``, keep :math:`h` in float32. Default: ``False``.
+        training: Apply dropout if ``True``. Default: ``True``.
+        seed: Explicit 64-bit seed. Default: ``None``.
+        generator: ``torch.Generator`` or :class:`dropkit.rng.DeviceGenerator` to draw the seed from.
+
+    Returns:
+        ``y`` of ``x``'s shape and dtype; with ``prenorm=True`` the pair ``(y, h)``, ``h`` in ``residual``'s
+        dtype (float32 with ``residual_in_fp32`` and no residual, else ``x``'s).
+
+    Raises:
+        ValueError: If ``p`` is outside ``[0, 1]``, ``eps`` is negative, or a shape does not match.
+
+    References:
+        {reference}
+        Dao et al., flash-attn ``ops/triton/layer_norm.py``, https://github.com/Dao-AILab/flash-attention
+    """
+
+
+def dropout_add_layer_norm(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    p: float,
+    eps: float = 1e-5,
+    rowscale: torch.Tensor | None = None,
+    prenorm: bool = False,
+    residual_in_fp32: bool = False,
+    *,
+    training: bool = True,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+):
+    return _dropout_add_norm(
+        "dropout_add_layer_norm", x, residual, weight, bias, p, eps, rowscale, prenorm, residual_in_fp32, training,
+        seed, generator, is_rms=False,
+    )
+
+
+def dropout_add_rms_norm(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    p: float,
+    eps: float = 1e-5,
+    rowscale: torch.Tensor | None = None,
+    prenorm: bool = False,
+    residual_in_fp32: bool = False,
+    *,
+    training: bool = True,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+):
+    return _dropout_add_norm(
+        "dropout_add_rms_norm", x, residual, weight, bias, p, eps, rowscale, prenorm, residual_in_fp32, training,
+        seed, generator, is_rms=True,
+    )
+
+
+dropout_add_layer_norm.__doc__ = _norm_doc(
+    "the LayerNorm",
+    r"y = \frac{h - \mu(h)}{\sqrt{\sigma^2(h) + \epsilon}}\, w + b",
+    'Ba et al., "Layer Normalization", 2016, https://arxiv.org/abs/1607.06450',
+) + """
+    Example:
+        >>> x, r, w = torch.randn(2, 3, 8), torch.randn(2, 3, 8), torch.ones(8)
+        >>> y, h = dropout_add_layer_norm(x, r, w, None, 0.1, prenorm=True, seed=0)
+        >>> y.shape, torch.allclose(h, dropout(x, 0.1, seed=0) + r)
+        (torch.Size([2, 3, 8]), True)
+"""
+dropout_add_rms_norm.__doc__ = _norm_doc(
+    "the RMSNorm",
+    r"y = \frac{h}{\sqrt{\overline{h^2} + \epsilon}}\, w + b",
+    'Zhang & Sennrich, "Root Mean Square Layer Normalization", 2019, https://arxiv.org/abs/1910.07467',
+) + """
+    Example:
+        >>> y = dropout_add_rms_norm(torch.randn(4, 8), None, torch.ones(8), None, 0.0)
+        >>> y.pow(2).mean(-1).allclose(torch.ones(4), atol=1e-4)
+        True
+"""

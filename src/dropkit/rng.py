@@ -54,6 +54,7 @@ __all__ = [
     "normal",
     "keep_threshold",
     "draw_seed",
+    "DeviceGenerator",
 ]
 
 PHILOX_KEY_A = 0x9E3779B9  #: Weyl increment of key word 0 (golden ratio).
@@ -280,3 +281,54 @@ def draw_seed(generator: torch.Generator | None = None) -> int:
     """
     device = generator.device if generator is not None else "cpu"
     return int(torch.randint(0, 2**63 - 1, (), generator=generator, device=device))
+
+
+class DeviceGenerator:
+    r"""A seed and a position held in an int64 device tensor ``(seed, offset)``: mask draws that CUDA graphs replay.
+
+    A torch generator hands dropkit a seed on the host, which a captured CUDA graph would freeze. Pass a
+    ``DeviceGenerator`` as ``generator=`` instead: each op snapshots the pair on the device (16 bytes, kept
+    for its backward) and advances ``offset`` there by the op's mask size rounded up to a group of
+    :data:`GROUP` elements, with no host sync. A graph captured around the ops therefore draws fresh masks
+    on every replay, and the op's mask equals the one an integer ``seed`` with the snapshot's offset gives.
+
+    Args:
+        seed: 64-bit seed, an int in ``[0, 2^64)``. Default: ``0``.
+        device: Device of the state tensor. Default: ``"cuda"``.
+
+    Example:
+        >>> g = DeviceGenerator(seed=7, device="cpu")
+        >>> g.draw(10).tolist(), g.draw(10).tolist()
+        ([7, 0], [7, 1024])
+    """
+
+    def __init__(self, seed: int = 0, device: torch.device | str = "cuda") -> None:
+        self.state = torch.zeros(2, dtype=torch.int64, device=device)
+        self.manual_seed(seed)
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the state tensor."""
+        return self.state.device
+
+    def manual_seed(self, seed: int) -> DeviceGenerator:
+        """Set the seed and rewind the offset to 0; return ``self`` (as ``torch.Generator.manual_seed``)."""
+        seed = int(seed)
+        if not 0 <= seed < _SEED_LIMIT:
+            raise ValueError(f"DeviceGenerator: seed must be in [0, 2**64), but got {seed!r}.")
+        self.state.copy_(torch.tensor([seed - _SEED_LIMIT if seed >= 2**63 else seed, 0], dtype=torch.int64))
+        return self
+
+    def draw(self, numel: int) -> torch.Tensor:
+        """Return a snapshot of ``(seed, offset)`` and advance the offset past ``numel`` mask elements."""
+        snapshot = self.state.clone()
+        self.state[1:].add_(-(-max(int(numel), 1) // GROUP) * GROUP)
+        return snapshot
+
+    def get_state(self) -> torch.Tensor:
+        """Return a copy of the ``(seed, offset)`` tensor, for checkpoints."""
+        return self.state.clone()
+
+    def set_state(self, state: torch.Tensor) -> None:
+        """Restore a state returned by :meth:`get_state`."""
+        self.state.copy_(state)

@@ -2,17 +2,23 @@
 
 Internal, not re-exported. Backends:
 
-- ``cpu``: numba kernels (:mod:`dropkit.kernels.cpu`), fused mask generation and apply for contiguous
+- ``triton``: Triton kernels (:mod:`dropkit.kernels.triton`) for contiguous float32 / float16 / bfloat16
+  CUDA tensors. Imported on first use only, so a CPU-only install never imports Triton.
+- ``numba``: numba kernels (:mod:`dropkit.kernels.cpu`), fused mask generation and apply for contiguous
   float32 / float64 / bfloat16 CPU tensors; mask generation for other CPU cases.
 - ``reference``: torch ops (:mod:`dropkit.kernels.reference`), any device and dtype.
 
-``DROPKIT_CPU_BACKEND`` (``auto`` | ``numba`` | ``reference``) or :func:`use_backend` force a choice;
-``auto`` takes numba when it imports and falls back to the reference otherwise. Both give identical masks.
+:func:`select` is the one dispatch: it names the backend a tensor goes to. ``DROPKIT_CPU_BACKEND``
+(``auto`` | ``numba`` | ``reference``) or :func:`use_backend` force a choice; ``auto`` takes numba on CPU
+and Triton on CUDA when they import, and the reference otherwise; ``reference`` forces the reference on
+every device. All give identical masks.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import math
 import os
 from collections.abc import Iterator
@@ -22,9 +28,9 @@ import torch
 
 from .reference import keep_mask_ref, masked_affine_ref
 
-__all__ = ["MaskSpec", "apply", "keep_mask", "backend", "use_backend"]
+__all__ = ["MaskSpec", "apply", "keep_mask", "backend", "select", "use_backend"]
 
-_BACKENDS = ("auto", "numba", "reference")
+_BACKENDS = ("auto", "numba", "reference", "triton")
 _forced: str | None = None
 
 
@@ -44,6 +50,14 @@ class MaskSpec:
     bias: float = 0.0
     fill: float = 0.0
     mask_dims: int = -1  # -1: every dimension (element-wise)
+    state: torch.Tensor | None = None  # int64 (seed, offset) on the device: read there instead of seed/offset
+
+    def resolved(self) -> MaskSpec:
+        """Return the spec with ``state`` read into ``seed`` and ``offset`` (a host sync on CUDA)."""
+        if self.state is None:
+            return self
+        seed, base = (int(v) for v in self.state.tolist())
+        return dataclasses.replace(self, seed=seed % 2**64, offset=base + self.offset, state=None)
 
     def mask_shape(self, shape: torch.Size) -> tuple[int, ...]:
         """Return the broadcastable mask shape for an input of ``shape``."""
@@ -52,16 +66,18 @@ class MaskSpec:
 
     def linear(self) -> MaskSpec:
         """Return the spec of the derivative: the same mask, kept elements scaled, no bias, dropped to 0."""
-        return MaskSpec(self.seed, self.offset, self.threshold, self.scale, 0.0, 0.0, self.mask_dims)
+        return dataclasses.replace(self, bias=0.0, fill=0.0)
 
 
 def backend() -> str:
-    """Return the CPU backend in force: ``numba`` or ``reference``."""
+    """Return the CPU backend in force: ``numba``, ``reference``, or ``triton`` (Triton's interpreter, for tests)."""
     choice = _forced or os.environ.get("DROPKIT_CPU_BACKEND", "auto")
     if choice not in _BACKENDS:
         raise ValueError(f"DROPKIT_CPU_BACKEND must be one of {', '.join(_BACKENDS)}, but got {choice!r}.")
-    if choice == "reference":
-        return "reference"
+    if choice in ("reference", "triton"):
+        if choice == "triton" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise RuntimeError("triton backend on CPU tensors needs Triton's interpreter: set TRITON_INTERPRET=1.")
+        return choice
     try:
         from . import cpu  # noqa: F401
     except ImportError:
@@ -73,7 +89,10 @@ def backend() -> str:
 
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
-    """Force the CPU backend (``auto``, ``numba`` or ``reference``) inside a ``with`` block."""
+    """Force the backend (``auto``, ``numba``, ``reference`` or ``triton``) inside a ``with`` block.
+
+    ``reference`` applies to every device; ``numba`` and ``triton`` (Triton's interpreter) to CPU tensors.
+    """
     global _forced
     if name not in _BACKENDS:
         raise ValueError(f"use_backend: name must be one of {', '.join(map(repr, _BACKENDS))}, but got {name!r}.")
@@ -84,9 +103,44 @@ def use_backend(name: str) -> Iterator[None]:
         _forced = previous
 
 
+@functools.lru_cache(maxsize=1)
+def _triton_importable() -> bool:
+    try:
+        from . import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def select(x: torch.Tensor) -> str:
+    """Return the backend that takes ``x``: ``triton``, ``numba`` or ``reference``."""
+    return _select(x.device, x.dtype)
+
+
+def _select(device: torch.device, dtype: torch.dtype) -> str:
+    choice = backend()
+    if device.type == "cpu" and choice != "triton":
+        return choice
+    if device.type in ("cuda", "cpu") and choice != "reference" and _triton_importable():
+        from . import triton
+
+        if dtype in triton.DTYPES:
+            return "triton"
+    return "reference"
+
+
 def keep_mask(spec: MaskSpec, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
     """Return the bool keep mask of ``spec`` with the given (mask) shape."""
     numel = math.prod(shape)
+    device = torch.device(device)
+    if _select(device, torch.float32) == "triton":
+        from . import triton
+
+        ones = torch.ones(numel, device=device)
+        spec = spec.linear()
+        kept = triton.masked_affine(ones, spec.seed, spec.offset, spec.threshold, 1.0, state=spec.state)
+        return kept.ne(0).reshape(shape)
+    spec = spec.resolved()
     if device.type == "cpu" and backend() == "numba":
         from . import cpu
 
@@ -94,18 +148,84 @@ def keep_mask(spec: MaskSpec, shape: tuple[int, ...], device: torch.device) -> t
     return keep_mask_ref(numel, spec.seed, spec.offset, spec.threshold, device).reshape(shape)
 
 
-def apply(x: torch.Tensor, spec: MaskSpec, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Return the masked affine map of ``x`` under ``spec``, written into ``out`` when given (``out`` may be ``x``)."""
+def apply(
+    x: torch.Tensor,
+    spec: MaskSpec,
+    out: torch.Tensor | None = None,
+    *,
+    bias: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Return the masked affine map of ``x`` under ``spec``, written into ``out`` when given (``out`` may be ``x``).
+
+    With ``bias`` (shape ``(x.shape[-1],)``) and ``residual`` (shape of ``x``), element-wise specs only, return
+    ``residual + map(x + bias)`` (fused on the Triton path).
+    """
     mask_shape = spec.mask_shape(x.shape)
-    fused = x.device.type == "cpu" and x.is_contiguous() and (out is None or out.is_contiguous())
-    if fused and backend() == "numba":
+    row = x.numel() // max(1, math.prod(mask_shape))
+    which = select(x)
+    contiguous = x.is_contiguous() and (out is None or out.is_contiguous())
+    if which == "triton" and contiguous and (residual is None or residual.is_contiguous()):
+        from . import triton
+
+        b = None if bias is None else bias.contiguous()
+        return triton.masked_affine(
+            x, spec.seed, spec.offset, spec.threshold, spec.scale, spec.bias, spec.fill, row,
+            out=out, residual=residual, bias=b, state=spec.state,
+        )
+    if bias is not None or residual is not None:
+        y = apply(x if bias is None else x + bias, spec)
+        return y if residual is None else y + residual
+    spec = spec.resolved()
+    if which == "numba" and contiguous and _numba_takes(x.dtype):
         from . import cpu
 
-        if x.dtype in cpu.DTYPES:
-            dst = torch.empty_like(x, memory_format=torch.contiguous_format) if out is None else out
-            row = x.numel() // max(1, math.prod(mask_shape))
-            cpu.masked_affine(x, dst, spec.seed, spec.offset, spec.threshold, spec.scale, spec.bias, spec.fill, row)
-            return dst
+        dst = torch.empty_like(x, memory_format=torch.contiguous_format) if out is None else out
+        cpu.masked_affine(x, dst, spec.seed, spec.offset, spec.threshold, spec.scale, spec.bias, spec.fill, row)
+        return dst
     keep = keep_mask(spec, mask_shape, x.device)
     result = masked_affine_ref(x, keep, spec.scale, spec.bias, spec.fill)
     return result if out is None else out.copy_(result)
+
+
+def _numba_takes(dtype: torch.dtype) -> bool:
+    from . import cpu
+
+    return dtype in cpu.DTYPES
+
+
+def fused_norm(x: torch.Tensor) -> bool:
+    """Return whether the fused dropout + add + norm kernels take ``x`` (rows of ``x.shape[-1]``)."""
+    if select(x) != "triton":
+        return False
+    from . import triton
+
+    return x.shape[-1] <= triton.MAX_NORM_COLS
+
+
+def _spec_args(spec: MaskSpec | None) -> tuple:
+    if spec is None:
+        return None, 0, 0, 0, 1.0, False
+    return spec.state, spec.seed, spec.offset, spec.threshold, spec.scale, True
+
+
+def norm_forward(x, residual, weight, bias, rowscale, spec, eps, is_rms, residual_dtype):
+    """Fused ``h = dropout(x * rowscale) + residual``, ``y = norm(h)`` on 2-D tensors: ``(y, h, mean, rstd)``."""
+    from . import triton
+
+    state, seed, offset, threshold, scale, dropout = _spec_args(spec)
+    return triton.dropout_add_norm_fwd(
+        x, residual, weight, bias, rowscale, state, seed, offset, threshold, scale, eps, is_rms, dropout, x.dtype,
+        residual_dtype,
+    )
+
+
+def norm_backward(dy, h, weight, has_bias, rowscale, mean, rstd, dh, spec, is_rms, x_dtype, residual_dtype):
+    """Backward of :func:`norm_forward`, the dropout mask regenerated: ``(dx, dresidual, dweight, dbias)``."""
+    from . import triton
+
+    state, seed, offset, threshold, scale, dropout = _spec_args(spec)
+    return triton.dropout_add_norm_bwd(
+        dy, h, weight, has_bias, rowscale, mean, rstd, dh, state, seed, offset, threshold, scale, is_rms, dropout,
+        x_dtype, residual_dtype,
+    )

@@ -10,6 +10,7 @@ from .dropout import (
     GaussianDropout,
     GaussianNoise,
 )
+from .fused import BiasDropoutAdd, DropoutAddLayerNorm, DropoutAddRMSNorm
 
 __all__ = [
     "Dropout",
@@ -20,4 +21,7 @@ __all__ = [
     "FeatureAlphaDropout",
     "GaussianDropout",
     "GaussianNoise",
+    "DropoutAddLayerNorm",
+    "DropoutAddRMSNorm",
+    "BiasDropoutAdd",
 ]
