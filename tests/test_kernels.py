@@ -69,7 +69,8 @@ def test_backend_selection(monkeypatch):
     with kernels.use_backend("reference"):
         assert kernels.backend() == "reference"
     monkeypatch.setenv("DROPKIT_CPU_BACKEND", "fast")
-    with pytest.raises(ValueError, match="DROPKIT_CPU_BACKEND must be one of auto, numba, reference, triton, but got 'fast'"):
+    message = "DROPKIT_CPU_BACKEND must be one of auto, numba, reference, triton, but got 'fast'"
+    with pytest.raises(ValueError, match=message):
         kernels.backend()
     with pytest.raises(ValueError, match="use_backend: name must be one of"):
         with kernels.use_backend("gpu"):

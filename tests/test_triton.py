@@ -129,7 +129,7 @@ def test_bias_dropout_add_matches_composition(tdev, with_bias):
     g = torch.randn(6, 300)
     y.backward(g.to(tdev))
     ref.backward(g)
-    for got, want in zip(args, ref_args):
+    for got, want in zip(args, ref_args, strict=True):
         if got is not None:
             torch.testing.assert_close(got.grad.cpu(), want.grad, rtol=1e-5, atol=1e-5)
 
@@ -173,7 +173,7 @@ def test_fused_norm_matches_explicit_mask_oracle(tdev, is_rms, shape, dtype, p, 
     b = torch.randn(cols) if affine else None
     rs = torch.rand(shape[:-1]) if rowscale else None
     op = F.dropout_add_rms_norm if is_rms else F.dropout_add_layer_norm
-    leaves = [t.to(tdev).clone().requires_grad_() if t is not None and t.is_floating_point() else t for t in (x, r, w, b)]
+    leaves = [t.to(tdev).clone().requires_grad_() if t is not None else None for t in (x, r, w, b)]
     y, h = op(*leaves, p, 1e-5, rs.to(tdev) if rs is not None else None, prenorm=True, seed=21)
     keep = _keep(rows * cols, 21, 0, p).reshape(shape)
     ref_leaves = [t.double().requires_grad_() if t is not None else None for t in (x, r, w, b)]
@@ -185,7 +185,7 @@ def test_fused_norm_matches_explicit_mask_oracle(tdev, is_rms, shape, dtype, p, 
     gy, gh = torch.randn(shape), torch.randn(shape)
     torch.autograd.backward((y, h), (gy.to(tdev).to(dtype), gh.to(tdev).to(dtype)))
     torch.autograd.backward((ry, rh), (gy.to(dtype).double(), gh.to(dtype).double()))
-    for got, want in zip(leaves, ref_leaves):
+    for got, want in zip(leaves, ref_leaves, strict=True):
         if got is not None:
             scale = want.grad.abs().max().item() + 1.0
             torch.testing.assert_close(got.grad.double().cpu() / scale, want.grad / scale, rtol=0, atol=8 * tol)

@@ -687,7 +687,7 @@ def _norm_doc(name: str, math_line: str, reference: str) -> str:
     """
 
 
-def dropout_add_layer_norm(
+def dropout_add_layer_norm(  # noqa: D103 - docstring assigned below, shared with dropout_add_rms_norm
     x: torch.Tensor,
     residual: torch.Tensor | None,
     weight: torch.Tensor | None,
@@ -708,7 +708,7 @@ def dropout_add_layer_norm(
     )
 
 
-def dropout_add_rms_norm(
+def dropout_add_rms_norm(  # noqa: D103 - docstring assigned below
     x: torch.Tensor,
     residual: torch.Tensor | None,
     weight: torch.Tensor | None,

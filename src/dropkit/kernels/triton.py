@@ -474,7 +474,7 @@ def _programs(device: torch.device) -> int:
     return _sm_count(device.index if device.index is not None else torch.cuda.current_device()) * 4
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
@@ -536,9 +536,4 @@ def dropout_add_norm_bwd(dy, h, weight, has_bias, rowscale, mean, rstd, dres_out
         dy, h, weight, has_bias, rowscale, mean, rstd, dres_out, state, _signed(seed), offset, threshold, scale,
         is_rms, dropout, x_dtype, residual_dtype,
     )
-
-
-def supported(x: torch.Tensor) -> bool:
-    """Return whether the Triton kernels take ``x`` (a CUDA tensor, or any tensor under the interpreter)."""
-    return x.dtype in DTYPES and (x.device.type == "cuda" or _INTERPRET)
 

@@ -54,7 +54,7 @@ class _DropoutAddNorm(_SeededMixin, nn.Module):
 
 
 class DropoutAddLayerNorm(_DropoutAddNorm):
-    r"""``LayerNorm(dropout(x) + residual)`` in one kernel on CUDA. See :func:`dropkit.functional.dropout_add_layer_norm`.
+    r"""``LayerNorm(dropout(x) + residual)``, one kernel on CUDA. See :func:`dropkit.functional.dropout_add_layer_norm`.
 
     Args:
         hidden_size: Size :math:`H` of the last dimension.
@@ -75,7 +75,7 @@ class DropoutAddLayerNorm(_DropoutAddNorm):
 
 
 class DropoutAddRMSNorm(_DropoutAddNorm):
-    r"""``RMSNorm(dropout(x) + residual)`` in one kernel on CUDA. See :func:`dropkit.functional.dropout_add_rms_norm`.
+    r"""``RMSNorm(dropout(x) + residual)``, one kernel on CUDA. See :func:`dropkit.functional.dropout_add_rms_norm`.
 
     Same arguments as :class:`DropoutAddLayerNorm`; the norm has a ``weight`` and no ``bias``.
 
@@ -108,7 +108,9 @@ class BiasDropoutAdd(_SeededMixin, nn.Module):
         self._setup_rng(seed, generator)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor) -> torch.Tensor:
+        """Return ``residual + dropout(x + bias)``."""
         return F.bias_dropout_add(x, bias, residual, self.p, self.training, generator=self.generator)
 
     def extra_repr(self) -> str:
+        """Return the module's settings for ``repr``."""
         return f"p={self.p}" + self._extras()
