@@ -220,7 +220,7 @@ def saved_bytes(cfg: argparse.Namespace) -> dict:
     for name, fn in cases.items():
         saved: dict[int, int] = {}
 
-        def pack(t: torch.Tensor) -> torch.Tensor:
+        def pack(t: torch.Tensor, saved: dict[int, int] = saved) -> torch.Tensor:
             if t.numel() == x.numel() and t.untyped_storage().data_ptr() != x.untyped_storage().data_ptr():
                 saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
             return t
@@ -282,7 +282,8 @@ def main(argv: list[str] | None = None) -> dict:
     if cfg.tiny or cfg.device == "cpu":
         if os.environ.get("TRITON_INTERPRET") != "1":
             sys.exit("No GPU: run with TRITON_INTERPRET=1 and --tiny to smoke-test the script on CPU.")
-        dtypes, sizes, fused, cfg.rounds, cfg.graphs, cfg.compile = [torch.float32], [(4096,)], [(4, 1024)], 1, False, False
+        dtypes, sizes, fused, cfg.rounds = [torch.float32], [(4096,)], [(4, 1024)], 1
+        cfg.graphs = cfg.compile = False
     if cfg.device == "cuda":
         import triton
 

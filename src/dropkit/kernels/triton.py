@@ -43,7 +43,29 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_NORM_COLS = 16384
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-_GROUPS = 4  # groups of 1024 elements per program in the element-wise kernel
+#: Launch settings (tuned on an H100; a benchmark may override them).
+TUNING = {
+    "max_groups": 4,  # groups of 1024 elements per element-wise program, at most
+    "min_programs_per_sm": 8,  # fewer groups per program until the grid fills the GPU this many times over
+    "elementwise_warps": 4,
+    "norm_fwd_bytes_per_warp": 2048,  # forward warps: row bytes / this, in [4, 16]
+    "norm_bwd_warps": 0,  # 0: max(4, NG) (NG = row length / 1024, rounded up to 2^k)
+    "norm_bwd_min_rows": 16,  # rows per backward program, at least (each writes a partial dw, db row)
+    "norm_bwd_programs_per_sm": {1: 8, 2: 8, 4: 2, 8: 2, 16: 2},  # by NG
+    "norm_bwd_rows": 1,  # rows in flight per loop step of a backward program (2+ spills registers at NG >= 4)
+}
+
+
+def _sms(device: torch.device) -> int:
+    """Streaming multiprocessors of ``device`` (4 under the interpreter)."""
+    if device.type != "cuda":
+        return 4
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def _signed(value: int) -> int:
@@ -82,10 +104,10 @@ def _affine_part(X, Y, R, B, n, w, numel, ncols, threshold, scale, shift, fill,
     x = tl.load(X + n, mask=inb, other=0.0).to(tl.float32)
     if HAS_BIAS:
         x += tl.load(B + n % ncols, mask=inb, other=0.0).to(tl.float32)
-    y = x * scale
-    if HAS_SHIFT:
-        y = y + shift
-    y = tl.where(_fold(w) >= threshold, y, fill)
+    keep = _fold(w) >= threshold
+    y = tl.where(keep, x * scale, fill)
+    if HAS_SHIFT:  # added after the select: no fused multiply-add, so the rounding matches the reference's
+        y = tl.where(keep, y + shift, fill)
     if HAS_RESIDUAL:
         y += tl.load(R + n, mask=inb, other=0.0).to(tl.float32)
     tl.store(Y + n, y.to(Y.dtype.element_ty), mask=inb)
@@ -126,10 +148,9 @@ def _masked_affine_rows_fwd_kernel(X, Y, STATE, rows, row, seed, offset, thresho
     cols = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
     n = r[:, None] * row + cols[None, :]
     inb = (r[:, None] < rows) & (cols[None, :] < row)
-    y = tl.load(X + n, mask=inb, other=0.0).to(tl.float32) * scale
+    y = tl.where(keep[:, None], tl.load(X + n, mask=inb, other=0.0).to(tl.float32) * scale, fill)
     if HAS_SHIFT:
-        y = y + shift
-    y = tl.where(keep[:, None], y, fill)
+        y = tl.where(keep[:, None], y + shift, fill)
     tl.store(Y + n, y.to(Y.dtype.element_ty), mask=inb)
 
 
@@ -139,12 +160,15 @@ def _masked_affine_into(x, y, residual, bias, state, seed, offset, threshold, sc
     state_arg = state if from_state else x
     if row == 1:
         groups = triton.cdiv(numel, rng.GROUP) + 1  # an unaligned offset spans at most one more group
-        grid = (triton.cdiv(groups, _GROUPS),)
+        per_program = TUNING["max_groups"]
+        while per_program > 1 and groups < per_program * TUNING["min_programs_per_sm"] * _sms(x.device):
+            per_program //= 2
+        grid = (triton.cdiv(groups, per_program),)
         _launch(_masked_affine_fwd_kernel)[grid](
             x, y, residual if residual is not None else x, bias if bias is not None else x, state_arg,
             numel, bias.numel() if bias is not None else 1, seed, offset, threshold, scale, shift, fill,
-            GROUPS=_GROUPS, FROM_STATE=from_state, HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None,
-            HAS_SHIFT=shift != 0.0, num_warps=4,
+            GROUPS=per_program, FROM_STATE=from_state, HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None,
+            HAS_SHIFT=shift != 0.0, num_warps=TUNING["elementwise_warps"],
         )
     else:
         rows = numel // row
@@ -323,28 +347,28 @@ def _dropout_add_norm_fwd_kernel(X, R, W, B, ROWSCALE, Y, H_OUT, MEAN, RSTD, STA
 
 
 @triton.jit
-def _norm_bwd_load(H, DY, W, base, col, mean, rstd, ncols, IS_RMS: tl.constexpr, HAS_WEIGHT: tl.constexpr):
-    inb = col < ncols
+def _norm_bwd_load(H, DY, DRES_OUT, wt, base, col, ok, mean, rstd, ncols, IS_RMS: tl.constexpr,
+                   HAS_DRES_OUT: tl.constexpr):
+    """Load one (ROWS, NG, 256) tile set: xhat, dy, w * dy and the incoming residual gradient (or 0)."""
+    inb = (col < ncols) & ok
     h = tl.load(H + base + col, mask=inb, other=0.0).to(tl.float32)
     dy = tl.load(DY + base + col, mask=inb, other=0.0).to(tl.float32)
+    dres = 0.0
+    if HAS_DRES_OUT:
+        dres = tl.load(DRES_OUT + base + col, mask=inb, other=0.0).to(tl.float32)
     xhat = tl.where(inb, (h - mean) * rstd if not IS_RMS else h * rstd, 0.0)
-    wdy = dy
-    if HAS_WEIGHT:
-        wdy = dy * tl.load(W + col, mask=inb, other=0.0).to(tl.float32)
-    return xhat, dy, wdy
+    return xhat, dy, dy * wt, dres
 
 
 @triton.jit
-def _norm_bwd_store(DX, DRES, DRES_OUT, base, col, w, xhat, wdy, c1, c2, rstd, ncols, threshold, scale, rs,
-                    IS_RMS: tl.constexpr, DROPOUT: tl.constexpr, HAS_DRES_OUT: tl.constexpr,
-                    STORE_DRES: tl.constexpr, HAS_ROWSCALE: tl.constexpr):
-    inb = col < ncols
+def _norm_bwd_store(DX, DRES, base, col, ok, w, xhat, wdy, dres, c1, c2, rstd, ncols, threshold, scale, rs,
+                    IS_RMS: tl.constexpr, DROPOUT: tl.constexpr, STORE_DRES: tl.constexpr,
+                    HAS_ROWSCALE: tl.constexpr):
+    inb = (col < ncols) & ok
     if IS_RMS:
-        dh = (wdy - xhat * c1) * rstd
+        dh = (wdy - xhat * c1) * rstd + dres
     else:
-        dh = (wdy - (xhat * c1 + c2)) * rstd
-    if HAS_DRES_OUT:
-        dh += tl.load(DRES_OUT + base + col, mask=inb, other=0.0).to(tl.float32)
+        dh = (wdy - (xhat * c1 + c2)) * rstd + dres
     if STORE_DRES:
         tl.store(DRES + base + col, dh.to(DRES.dtype.element_ty), mask=inb)
     dx = dh
@@ -356,81 +380,104 @@ def _norm_bwd_store(DX, DRES, DRES_OUT, base, col, w, xhat, wdy, c1, c2, rstd, n
 
 
 @triton.jit
+def _row_sum(x):
+    """Sum a (ROWS, NG, 256) tile per row, keeping the dimensions: (ROWS, 1, 1)."""
+    return tl.sum(tl.sum(x, axis=2, keep_dims=True), axis=1, keep_dims=True)
+
+
+@triton.jit
 def _dropout_add_norm_bwd_kernel(H, DY, W, ROWSCALE, MEAN, RSTD, DRES_OUT, DX, DRES, DW, DB, STATE,
                                  rows, ncols, rows_per_program, seed, offset, threshold, scale,
-                                 NG: tl.constexpr, ALIGNED: tl.constexpr, IS_RMS: tl.constexpr,
+                                 NG: tl.constexpr, ROWS: tl.constexpr, ALIGNED: tl.constexpr, IS_RMS: tl.constexpr,
                                  DROPOUT: tl.constexpr, HAS_ROWSCALE: tl.constexpr, HAS_WEIGHT: tl.constexpr,
                                  HAS_BIAS: tl.constexpr, HAS_DRES_OUT: tl.constexpr, STORE_DRES: tl.constexpr,
                                  FROM_STATE: tl.constexpr):
-    """Each program takes ``rows_per_program`` rows and writes its partial sums of dw and db."""
+    """Each program takes ``rows_per_program`` rows, ROWS at a time, and writes its partial sums of dw and db."""
     pid = tl.program_id(0)
     if FROM_STATE:
         seed = tl.load(STATE)
         offset = tl.load(STATE + 1) + offset
-    g = tl.arange(0, NG).to(tl.int64)[:, None]
-    lane = tl.arange(0, 256)[None, :]
-    col = g * 1024 + lane
+    g = tl.arange(0, NG).to(tl.int64)[None, :, None]
+    lane = tl.arange(0, 256)[None, None, :]
+    col = g * 1024 + lane  # (1, NG, 256)
     zero = tl.zeros((NG, 256), dtype=tl.float32)
     dw0, dw1, dw2, dw3 = zero, zero, zero, zero
     db0, db1, db2, db3 = zero, zero, zero, zero
+    wt0, wt1, wt2, wt3 = 1.0, 1.0, 1.0, 1.0
+    if HAS_WEIGHT:  # loaded once per program
+        wt0 = tl.load(W + col, mask=col < ncols, other=0.0).to(tl.float32)
+        wt1 = tl.load(W + col + 256, mask=col + 256 < ncols, other=0.0).to(tl.float32)
+        wt2 = tl.load(W + col + 512, mask=col + 512 < ncols, other=0.0).to(tl.float32)
+        wt3 = tl.load(W + col + 768, mask=col + 768 < ncols, other=0.0).to(tl.float32)
     row_start = pid.to(tl.int64) * rows_per_program
     row_end = tl.minimum(row_start + rows_per_program, rows)
-    for row in range(row_start, row_end):
+    for first in range(row_start, row_end, ROWS):
+        row = first + tl.arange(0, ROWS).to(tl.int64)[:, None, None]  # (ROWS, 1, 1)
+        ok = row < row_end
         base = row * ncols
         w0, w1, w2, w3 = col, col, col, col
         if DROPOUT:
             w0, w1, w2, w3 = _row_words(seed, offset + base, g, lane, ALIGNED)
         mean = 0.0
         if not IS_RMS:
-            mean = tl.load(MEAN + row)
-        rstd = tl.load(RSTD + row)
+            mean = tl.load(MEAN + row, mask=ok, other=0.0)
+        rstd = tl.load(RSTD + row, mask=ok, other=0.0)
         rs = 1.0
         if HAS_ROWSCALE:
-            rs = tl.load(ROWSCALE + row).to(tl.float32)
-        xh0, dy0, wdy0 = _norm_bwd_load(H, DY, W, base, col, mean, rstd, ncols, IS_RMS, HAS_WEIGHT)
-        xh1, dy1, wdy1 = _norm_bwd_load(H, DY, W, base, col + 256, mean, rstd, ncols, IS_RMS, HAS_WEIGHT)
-        xh2, dy2, wdy2 = _norm_bwd_load(H, DY, W, base, col + 512, mean, rstd, ncols, IS_RMS, HAS_WEIGHT)
-        xh3, dy3, wdy3 = _norm_bwd_load(H, DY, W, base, col + 768, mean, rstd, ncols, IS_RMS, HAS_WEIGHT)
-        c1 = (_sum_tile(xh0 * wdy0) + _sum_tile(xh1 * wdy1) + _sum_tile(xh2 * wdy2) + _sum_tile(xh3 * wdy3)) / ncols
+            rs = tl.load(ROWSCALE + row, mask=ok, other=0.0).to(tl.float32)
+        xh0, dy0, wdy0, dr0 = _norm_bwd_load(H, DY, DRES_OUT, wt0, base, col, ok, mean, rstd, ncols, IS_RMS,
+                                             HAS_DRES_OUT)
+        xh1, dy1, wdy1, dr1 = _norm_bwd_load(H, DY, DRES_OUT, wt1, base, col + 256, ok, mean, rstd, ncols, IS_RMS,
+                                             HAS_DRES_OUT)
+        xh2, dy2, wdy2, dr2 = _norm_bwd_load(H, DY, DRES_OUT, wt2, base, col + 512, ok, mean, rstd, ncols, IS_RMS,
+                                             HAS_DRES_OUT)
+        xh3, dy3, wdy3, dr3 = _norm_bwd_load(H, DY, DRES_OUT, wt3, base, col + 768, ok, mean, rstd, ncols, IS_RMS,
+                                             HAS_DRES_OUT)
+        c1 = (_row_sum(xh0 * wdy0) + _row_sum(xh1 * wdy1) + _row_sum(xh2 * wdy2) + _row_sum(xh3 * wdy3)) / ncols
         c2 = 0.0
         if not IS_RMS:
-            c2 = (_sum_tile(wdy0) + _sum_tile(wdy1) + _sum_tile(wdy2) + _sum_tile(wdy3)) / ncols
-        _norm_bwd_store(DX, DRES, DRES_OUT, base, col, w0, xh0, wdy0, c1, c2, rstd, ncols, threshold, scale, rs,
-                        IS_RMS, DROPOUT, HAS_DRES_OUT, STORE_DRES, HAS_ROWSCALE)
-        _norm_bwd_store(DX, DRES, DRES_OUT, base, col + 256, w1, xh1, wdy1, c1, c2, rstd, ncols, threshold, scale,
-                        rs, IS_RMS, DROPOUT, HAS_DRES_OUT, STORE_DRES, HAS_ROWSCALE)
-        _norm_bwd_store(DX, DRES, DRES_OUT, base, col + 512, w2, xh2, wdy2, c1, c2, rstd, ncols, threshold, scale,
-                        rs, IS_RMS, DROPOUT, HAS_DRES_OUT, STORE_DRES, HAS_ROWSCALE)
-        _norm_bwd_store(DX, DRES, DRES_OUT, base, col + 768, w3, xh3, wdy3, c1, c2, rstd, ncols, threshold, scale,
-                        rs, IS_RMS, DROPOUT, HAS_DRES_OUT, STORE_DRES, HAS_ROWSCALE)
+            c2 = (_row_sum(wdy0) + _row_sum(wdy1) + _row_sum(wdy2) + _row_sum(wdy3)) / ncols
+        _norm_bwd_store(DX, DRES, base, col, ok, w0, xh0, wdy0, dr0, c1, c2, rstd, ncols, threshold, scale, rs,
+                        IS_RMS, DROPOUT, STORE_DRES, HAS_ROWSCALE)
+        _norm_bwd_store(DX, DRES, base, col + 256, ok, w1, xh1, wdy1, dr1, c1, c2, rstd, ncols, threshold, scale, rs,
+                        IS_RMS, DROPOUT, STORE_DRES, HAS_ROWSCALE)
+        _norm_bwd_store(DX, DRES, base, col + 512, ok, w2, xh2, wdy2, dr2, c1, c2, rstd, ncols, threshold, scale, rs,
+                        IS_RMS, DROPOUT, STORE_DRES, HAS_ROWSCALE)
+        _norm_bwd_store(DX, DRES, base, col + 768, ok, w3, xh3, wdy3, dr3, c1, c2, rstd, ncols, threshold, scale, rs,
+                        IS_RMS, DROPOUT, STORE_DRES, HAS_ROWSCALE)
         if HAS_WEIGHT:
-            dw0 += dy0 * xh0
-            dw1 += dy1 * xh1
-            dw2 += dy2 * xh2
-            dw3 += dy3 * xh3
+            dw0 += tl.sum(dy0 * xh0, axis=0)
+            dw1 += tl.sum(dy1 * xh1, axis=0)
+            dw2 += tl.sum(dy2 * xh2, axis=0)
+            dw3 += tl.sum(dy3 * xh3, axis=0)
         if HAS_BIAS:
-            db0 += dy0
-            db1 += dy1
-            db2 += dy2
-            db3 += dy3
+            db0 += tl.sum(dy0, axis=0)
+            db1 += tl.sum(dy1, axis=0)
+            db2 += tl.sum(dy2, axis=0)
+            db3 += tl.sum(dy3, axis=0)
     out = pid.to(tl.int64) * ncols
+    col2 = tl.arange(0, NG).to(tl.int64)[:, None] * 1024 + tl.arange(0, 256)[None, :]
     if HAS_WEIGHT:
-        tl.store(DW + out + col, dw0, mask=col < ncols)
-        tl.store(DW + out + col + 256, dw1, mask=col + 256 < ncols)
-        tl.store(DW + out + col + 512, dw2, mask=col + 512 < ncols)
-        tl.store(DW + out + col + 768, dw3, mask=col + 768 < ncols)
+        tl.store(DW + out + col2, dw0, mask=col2 < ncols)
+        tl.store(DW + out + col2 + 256, dw1, mask=col2 + 256 < ncols)
+        tl.store(DW + out + col2 + 512, dw2, mask=col2 + 512 < ncols)
+        tl.store(DW + out + col2 + 768, dw3, mask=col2 + 768 < ncols)
     if HAS_BIAS:
-        tl.store(DB + out + col, db0, mask=col < ncols)
-        tl.store(DB + out + col + 256, db1, mask=col + 256 < ncols)
-        tl.store(DB + out + col + 512, db2, mask=col + 512 < ncols)
-        tl.store(DB + out + col + 768, db3, mask=col + 768 < ncols)
+        tl.store(DB + out + col2, db0, mask=col2 < ncols)
+        tl.store(DB + out + col2 + 256, db1, mask=col2 + 256 < ncols)
+        tl.store(DB + out + col2 + 512, db2, mask=col2 + 512 < ncols)
+        tl.store(DB + out + col2 + 768, db3, mask=col2 + 768 < ncols)
 
 
-def _norm_config(ncols: int, offset: int, state: torch.Tensor | None) -> tuple[int, bool, int]:
+def _norm_config(ncols: int, offset: int, esize: int, which: str) -> tuple[int, bool, int]:
     """Return (NG, ALIGNED, num_warps) for rows of ``ncols`` (state offsets are kept multiples of 1024)."""
     ng = triton.next_power_of_2(triton.cdiv(ncols, rng.GROUP))
     aligned = ncols % rng.GROUP == 0 and offset % rng.GROUP == 0
-    return ng, aligned, min(16, max(4, ng * 2))
+    if which == "fwd":
+        warps = min(16, max(4, ncols * esize // TUNING["norm_fwd_bytes_per_warp"]))
+    else:
+        warps = TUNING["norm_bwd_warps"] or max(4, ng)
+    return ng, aligned, triton.next_power_of_2(warps)
 
 
 @torch.library.triton_op("dropkit::dropout_add_norm_fwd", mutates_args=())
@@ -456,7 +503,7 @@ def _dropout_add_norm_fwd_op(
     h = torch.empty((rows, ncols), dtype=residual_dtype, device=x.device)
     mean = torch.empty((rows,), dtype=torch.float32, device=x.device)
     rstd = torch.empty((rows,), dtype=torch.float32, device=x.device)
-    ng, aligned, warps = _norm_config(ncols, offset, state)
+    ng, aligned, warps = _norm_config(ncols, offset, x.element_size(), "fwd")
     _launch(_dropout_add_norm_fwd_kernel)[(rows,)](
         x, residual if residual is not None else x, weight if weight is not None else x,
         bias if bias is not None else x, rowscale if rowscale is not None else x, y, h, mean, rstd,
@@ -466,17 +513,6 @@ def _dropout_add_norm_fwd_op(
         FROM_STATE=state is not None, num_warps=warps,
     )
     return y, h, mean, rstd
-
-
-def _programs(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 4
-    return _sm_count(device.index if device.index is not None else torch.cuda.current_device()) * 4
-
-
-@functools.cache
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 @torch.library.triton_op("dropkit::dropout_add_norm_bwd", mutates_args=())
@@ -500,21 +536,24 @@ def _dropout_add_norm_bwd_op(
     residual_dtype: torch.dtype | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     rows, ncols = h.shape
-    programs = max(1, min(rows, _programs(h.device)))
-    rows_per_program = triton.cdiv(rows, programs)
+    ng = triton.next_power_of_2(triton.cdiv(ncols, rng.GROUP))
+    per_sm = TUNING["norm_bwd_programs_per_sm"][ng]
+    programs = min(triton.cdiv(rows, TUNING["norm_bwd_min_rows"]), per_sm * _sms(h.device))
+    rows_per_program = triton.cdiv(rows, max(1, programs))
     programs = triton.cdiv(rows, rows_per_program)
     dx = torch.empty((rows, ncols), dtype=x_dtype, device=h.device)
     dres = torch.empty((rows, ncols) if residual_dtype is not None else (0,), dtype=residual_dtype or x_dtype,
                        device=h.device)
     dw = torch.empty((programs, ncols) if weight is not None else (0,), dtype=torch.float32, device=h.device)
     db = torch.empty((programs, ncols) if has_bias else (0,), dtype=torch.float32, device=h.device)
-    ng, aligned, warps = _norm_config(ncols, offset, state)
+    ng, aligned, warps = _norm_config(ncols, offset, h.element_size(), "bwd")
     _launch(_dropout_add_norm_bwd_kernel)[(programs,)](
         h, dy, weight if weight is not None else h, rowscale if rowscale is not None else h, mean, rstd,
         dres_out if dres_out is not None else h, dx, dres, dw, db, state if state is not None else h,
         rows, ncols, rows_per_program, seed, offset, threshold, scale,
-        NG=ng, ALIGNED=aligned, IS_RMS=is_rms, DROPOUT=dropout, HAS_ROWSCALE=rowscale is not None,
-        HAS_WEIGHT=weight is not None, HAS_BIAS=has_bias, HAS_DRES_OUT=dres_out is not None,
+        NG=ng, ROWS=TUNING["norm_bwd_rows"], ALIGNED=aligned, IS_RMS=is_rms, DROPOUT=dropout,
+        HAS_ROWSCALE=rowscale is not None, HAS_WEIGHT=weight is not None, HAS_BIAS=has_bias,
+        HAS_DRES_OUT=dres_out is not None,
         STORE_DRES=residual_dtype is not None, FROM_STATE=state is not None, num_warps=warps,
     )
     return dx, dres, dw.sum(0) if weight is not None else dw, db.sum(0) if has_bias else db
