@@ -281,6 +281,18 @@ def test_ops_pass_opcheck():
     torch.library.opcheck(torch.ops.dropkit.dropout_add_norm_fwd.default, args)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="torch.compile of Triton ops needs a GPU")
+def test_compiled_ops_match_eager():
+    x = torch.randn(4, 1024, device="cuda")
+    w = torch.randn(1024, device="cuda")
+
+    def block(x):
+        y = F.dropout(x, 0.3, seed=5)
+        return F.dropout_add_layer_norm(y, x, w, None, 0.2, seed=9)
+
+    torch.testing.assert_close(torch.compile(block)(x), block(x), rtol=1e-5, atol=1e-5)
+
+
 def test_triton_is_never_imported_on_cpu():
     code = (
         "import os, sys, torch; os.environ.pop('TRITON_INTERPRET', None)\n"

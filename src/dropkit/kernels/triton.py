@@ -73,9 +73,18 @@ def _signed(value: int) -> int:
     return value - 2**64 if value >= 2**63 else value
 
 
-def _launch(kernel):
-    """Return ``kernel`` wrapped for tracing by torch (the interpreter runs raw kernels)."""
-    return kernel if _INTERPRET else torch.library.wrap_triton(kernel)
+def _traced(x: torch.Tensor) -> bool:
+    """Whether torch is tracing (compile, export, fake tensors): then calls go through the registered ops."""
+    return (
+        torch.compiler.is_compiling()
+        or type(x) is not torch.Tensor
+        or torch.utils._python_dispatch._get_current_dispatch_mode() is not None
+    )
+
+
+def _launch(kernel, x: torch.Tensor):
+    """Return ``kernel``, wrapped for torch's tracing when it traces (the interpreter runs raw kernels)."""
+    return torch.library.wrap_triton(kernel) if _traced(x) and not _INTERPRET else kernel
 
 
 @triton.jit
@@ -164,7 +173,7 @@ def _masked_affine_into(x, y, residual, bias, state, seed, offset, threshold, sc
         while per_program > 1 and groups < per_program * TUNING["min_programs_per_sm"] * _sms(x.device):
             per_program //= 2
         grid = (triton.cdiv(groups, per_program),)
-        _launch(_masked_affine_fwd_kernel)[grid](
+        _launch(_masked_affine_fwd_kernel, x)[grid](
             x, y, residual if residual is not None else x, bias if bias is not None else x, state_arg,
             numel, bias.numel() if bias is not None else 1, seed, offset, threshold, scale, shift, fill,
             GROUPS=per_program, FROM_STATE=from_state, HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None,
@@ -175,14 +184,13 @@ def _masked_affine_into(x, y, residual, bias, state, seed, offset, threshold, sc
         block_c = min(1024, triton.next_power_of_2(row))
         block_r = max(1, 2048 // block_c)
         grid = (triton.cdiv(rows, block_r), triton.cdiv(row, block_c))
-        _launch(_masked_affine_rows_fwd_kernel)[grid](
+        _launch(_masked_affine_rows_fwd_kernel, x)[grid](
             x, y, state_arg, rows, row, seed, offset, threshold, scale, shift, fill,
             BLOCK_R=block_r, BLOCK_C=block_c, FROM_STATE=from_state, HAS_SHIFT=shift != 0.0, num_warps=4,
         )
 
 
-@torch.library.triton_op("dropkit::masked_affine", mutates_args=())
-def _masked_affine_op(
+def _masked_affine_impl(
     x: torch.Tensor,
     residual: torch.Tensor | None,
     bias: torch.Tensor | None,
@@ -200,8 +208,7 @@ def _masked_affine_op(
     return y
 
 
-@torch.library.triton_op("dropkit::masked_affine_", mutates_args=("out",))
-def _masked_affine_inplace_op(
+def _masked_affine_inplace_impl(
     x: torch.Tensor,
     out: torch.Tensor,
     state: torch.Tensor | None,
@@ -239,9 +246,11 @@ def masked_affine(
     """
     seed = _signed(seed)
     if out is not None:
-        torch.ops.dropkit.masked_affine_(x, out, state, seed, offset, threshold, scale, shift, fill, row)
+        fn = torch.ops.dropkit.masked_affine_ if _traced(x) else _masked_affine_inplace_impl
+        fn(x, out, state, seed, offset, threshold, scale, shift, fill, row)
         return out
-    return torch.ops.dropkit.masked_affine(x, residual, bias, state, seed, offset, threshold, scale, shift, fill, row)
+    fn = torch.ops.dropkit.masked_affine if _traced(x) else _masked_affine_impl
+    return fn(x, residual, bias, state, seed, offset, threshold, scale, shift, fill, row)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -480,8 +489,7 @@ def _norm_config(ncols: int, offset: int, esize: int, which: str) -> tuple[int, 
     return ng, aligned, triton.next_power_of_2(warps)
 
 
-@torch.library.triton_op("dropkit::dropout_add_norm_fwd", mutates_args=())
-def _dropout_add_norm_fwd_op(
+def _dropout_add_norm_fwd_impl(
     x: torch.Tensor,
     residual: torch.Tensor | None,
     weight: torch.Tensor | None,
@@ -504,7 +512,7 @@ def _dropout_add_norm_fwd_op(
     mean = torch.empty((rows,), dtype=torch.float32, device=x.device)
     rstd = torch.empty((rows,), dtype=torch.float32, device=x.device)
     ng, aligned, warps = _norm_config(ncols, offset, x.element_size(), "fwd")
-    _launch(_dropout_add_norm_fwd_kernel)[(rows,)](
+    _launch(_dropout_add_norm_fwd_kernel, x)[(rows,)](
         x, residual if residual is not None else x, weight if weight is not None else x,
         bias if bias is not None else x, rowscale if rowscale is not None else x, y, h, mean, rstd,
         state if state is not None else x, ncols, seed, offset, threshold, scale, eps,
@@ -515,8 +523,7 @@ def _dropout_add_norm_fwd_op(
     return y, h, mean, rstd
 
 
-@torch.library.triton_op("dropkit::dropout_add_norm_bwd", mutates_args=())
-def _dropout_add_norm_bwd_op(
+def _dropout_add_norm_bwd_impl(
     dy: torch.Tensor,
     h: torch.Tensor,
     weight: torch.Tensor | None,
@@ -547,7 +554,7 @@ def _dropout_add_norm_bwd_op(
     dw = torch.empty((programs, ncols) if weight is not None else (0,), dtype=torch.float32, device=h.device)
     db = torch.empty((programs, ncols) if has_bias else (0,), dtype=torch.float32, device=h.device)
     ng, aligned, warps = _norm_config(ncols, offset, h.element_size(), "bwd")
-    _launch(_dropout_add_norm_bwd_kernel)[(programs,)](
+    _launch(_dropout_add_norm_bwd_kernel, h)[(programs,)](
         h, dy, weight if weight is not None else h, rowscale if rowscale is not None else h, mean, rstd,
         dres_out if dres_out is not None else h, dx, dres, dw, db, state if state is not None else h,
         rows, ncols, rows_per_program, seed, offset, threshold, scale,
@@ -559,10 +566,18 @@ def _dropout_add_norm_bwd_op(
     return dx, dres, dw.sum(0) if weight is not None else dw, db.sum(0) if has_bias else db
 
 
+# Registered ops: torch.compile and torch.export see these; eager calls launch the kernels directly.
+torch.library.triton_op("dropkit::masked_affine", _masked_affine_impl, mutates_args=())
+torch.library.triton_op("dropkit::masked_affine_", _masked_affine_inplace_impl, mutates_args=("out",))
+torch.library.triton_op("dropkit::dropout_add_norm_fwd", _dropout_add_norm_fwd_impl, mutates_args=())
+torch.library.triton_op("dropkit::dropout_add_norm_bwd", _dropout_add_norm_bwd_impl, mutates_args=())
+
+
 def dropout_add_norm_fwd(x, residual, weight, bias, rowscale, state, seed, offset, threshold, scale, eps, is_rms,
                          dropout, out_dtype, residual_dtype):
     """Launch the fused forward on 2-D contiguous tensors; return ``(y, h, mean, rstd)``."""
-    return torch.ops.dropkit.dropout_add_norm_fwd(
+    fn = torch.ops.dropkit.dropout_add_norm_fwd if _traced(x) else _dropout_add_norm_fwd_impl
+    return fn(
         x, residual, weight, bias, rowscale, state, _signed(seed), offset, threshold, scale, eps, is_rms, dropout,
         out_dtype, residual_dtype,
     )
@@ -571,7 +586,8 @@ def dropout_add_norm_fwd(x, residual, weight, bias, rowscale, state, seed, offse
 def dropout_add_norm_bwd(dy, h, weight, has_bias, rowscale, mean, rstd, dres_out, state, seed, offset, threshold,
                          scale, is_rms, dropout, x_dtype, residual_dtype):
     """Launch the fused backward; return ``(dx, dresidual, dweight, dbias)`` (empty where not asked for)."""
-    return torch.ops.dropkit.dropout_add_norm_bwd(
+    fn = torch.ops.dropkit.dropout_add_norm_bwd if _traced(dy) else _dropout_add_norm_bwd_impl
+    return fn(
         dy, h, weight, has_bias, rowscale, mean, rstd, dres_out, state, _signed(seed), offset, threshold, scale,
         is_rms, dropout, x_dtype, residual_dtype,
     )
