@@ -43,6 +43,7 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_NORM_COLS = 16384
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+INTERPRET: tl.constexpr = tl.constexpr(_INTERPRET)  # the interpreter has no inline PTX
 #: Launch settings (tuned on an H100; a benchmark may override them).
 TUNING = {
     "max_groups": 4,  # groups of 1024 elements per element-wise program, at most
@@ -87,6 +88,34 @@ def _launch(kernel, x: torch.Tensor):
     return torch.library.wrap_triton(kernel) if _traced(x) and not _INTERPRET else kernel
 
 
+def _seed_args(seed: int) -> tuple[int, int]:
+    """Split a seed into two kernel arguments that Triton always types as int64, whatever the seed.
+
+    Each 32-bit half is passed plus 2^32: a value below 2^31 would otherwise be typed int32 and one
+    above it int64, and a change of type (or of divisibility by 16) compiles a new kernel variant, which
+    must not happen while a CUDA graph is being captured.
+    """
+    return (seed & 0xFFFFFFFF) + 2**32, ((seed >> 32) & 0xFFFFFFFF) + 2**32
+
+
+@triton.jit
+def _seed(STATE, seed_lo, seed_hi, FROM_STATE: tl.constexpr):
+    """The 64-bit Philox key: from the device state, or joined from the two halves of :func:`_seed_args`."""
+    if FROM_STATE:
+        return tl.load(STATE)
+    return ((seed_hi & 0xFFFFFFFF) << 32) | (seed_lo & 0xFFFFFFFF)
+
+
+@triton.jit
+def _mul_rn(x, s, EXACT: tl.constexpr):
+    """``x * s`` rounded on its own: with EXACT the product is never fused into a later add (PTX mul.rn)."""
+    if EXACT:
+        return tl.inline_asm_elementwise(
+            "mul.rn.f32 $0, $1, $2;", "=f,f,f", [x, s + tl.zeros_like(x)], dtype=tl.float32, is_pure=True, pack=1
+        )
+    return x * s
+
+
 @triton.jit
 def _fold(w):
     """Triton's uint32 → [0, 2^31) fold of ``tl.rand``: the int32 bits, complemented when negative."""
@@ -114,21 +143,21 @@ def _affine_part(X, Y, R, B, n, w, numel, ncols, threshold, scale, shift, fill,
     if HAS_BIAS:
         x += tl.load(B + n % ncols, mask=inb, other=0.0).to(tl.float32)
     keep = _fold(w) >= threshold
-    y = tl.where(keep, x * scale, fill)
-    if HAS_SHIFT:  # added after the select: no fused multiply-add, so the rounding matches the reference's
+    y = tl.where(keep, _mul_rn(x, scale, HAS_SHIFT and not INTERPRET), fill)
+    if HAS_SHIFT:  # x * scale rounded before the add (no FMA): the reference's two roundings
         y = tl.where(keep, y + shift, fill)
     if HAS_RESIDUAL:
         y += tl.load(R + n, mask=inb, other=0.0).to(tl.float32)
     tl.store(Y + n, y.to(Y.dtype.element_ty), mask=inb)
 
 
-@triton.jit
-def _masked_affine_fwd_kernel(X, Y, R, B, STATE, numel, ncols, seed, offset, threshold, scale, shift, fill,
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset"])
+def _masked_affine_fwd_kernel(X, Y, R, B, STATE, numel, ncols, seed_lo, seed_hi, offset, threshold, scale, shift, fill,
                               GROUPS: tl.constexpr, FROM_STATE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
                               HAS_BIAS: tl.constexpr, HAS_SHIFT: tl.constexpr):
     """Element-wise: each program takes GROUPS whole groups of 1024 elements, one Philox call per 4 elements."""
+    seed = _seed(STATE, seed_lo, seed_hi, FROM_STATE)
     if FROM_STATE:
-        seed = tl.load(STATE)
         offset = tl.load(STATE + 1) + offset
     pid = tl.program_id(0).to(tl.int64)
     g = offset // 1024 + pid * GROUPS + tl.arange(0, GROUPS).to(tl.int64)[:, None]
@@ -144,20 +173,21 @@ def _masked_affine_fwd_kernel(X, Y, R, B, STATE, numel, ncols, seed, offset, thr
                  HAS_RESIDUAL, HAS_BIAS, HAS_SHIFT)
 
 
-@triton.jit
-def _masked_affine_rows_fwd_kernel(X, Y, STATE, rows, row, seed, offset, threshold, scale, shift, fill,
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset"])
+def _masked_affine_rows_fwd_kernel(X, Y, STATE, rows, row, seed_lo, seed_hi, offset, threshold, scale, shift, fill,
                                    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, FROM_STATE: tl.constexpr,
                                    HAS_SHIFT: tl.constexpr):
     """Channel-wise: mask element ``r`` covers elements ``r * row .. r * row + row - 1``."""
+    seed = _seed(STATE, seed_lo, seed_hi, FROM_STATE)
     if FROM_STATE:
-        seed = tl.load(STATE)
         offset = tl.load(STATE + 1) + offset
     r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     keep = _fold(_word_of(seed, offset + r)) >= threshold
     cols = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
     n = r[:, None] * row + cols[None, :]
     inb = (r[:, None] < rows) & (cols[None, :] < row)
-    y = tl.where(keep[:, None], tl.load(X + n, mask=inb, other=0.0).to(tl.float32) * scale, fill)
+    x = tl.load(X + n, mask=inb, other=0.0).to(tl.float32)
+    y = tl.where(keep[:, None], _mul_rn(x, scale, HAS_SHIFT and not INTERPRET), fill)
     if HAS_SHIFT:
         y = tl.where(keep[:, None], y + shift, fill)
     tl.store(Y + n, y.to(Y.dtype.element_ty), mask=inb)
@@ -175,7 +205,7 @@ def _masked_affine_into(x, y, residual, bias, state, seed, offset, threshold, sc
         grid = (triton.cdiv(groups, per_program),)
         _launch(_masked_affine_fwd_kernel, x)[grid](
             x, y, residual if residual is not None else x, bias if bias is not None else x, state_arg,
-            numel, bias.numel() if bias is not None else 1, seed, offset, threshold, scale, shift, fill,
+            numel, bias.numel() if bias is not None else 1, *_seed_args(seed), offset, threshold, scale, shift, fill,
             GROUPS=per_program, FROM_STATE=from_state, HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None,
             HAS_SHIFT=shift != 0.0, num_warps=TUNING["elementwise_warps"],
         )
@@ -185,7 +215,7 @@ def _masked_affine_into(x, y, residual, bias, state, seed, offset, threshold, sc
         block_r = max(1, 2048 // block_c)
         grid = (triton.cdiv(rows, block_r), triton.cdiv(row, block_c))
         _launch(_masked_affine_rows_fwd_kernel, x)[grid](
-            x, y, state_arg, rows, row, seed, offset, threshold, scale, shift, fill,
+            x, y, state_arg, rows, row, *_seed_args(seed), offset, threshold, scale, shift, fill,
             BLOCK_R=block_r, BLOCK_C=block_c, FROM_STATE=from_state, HAS_SHIFT=shift != 0.0, num_warps=4,
         )
 
@@ -308,16 +338,16 @@ def _norm_out_part(Y, W, B, base, col, h, mean, rstd, ncols,
     tl.store(Y + base + col, y.to(Y.dtype.element_ty), mask=inb)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset"])
 def _dropout_add_norm_fwd_kernel(X, R, W, B, ROWSCALE, Y, H_OUT, MEAN, RSTD, STATE,
-                                 ncols, seed, offset, threshold, scale, eps,
+                                 ncols, seed_lo, seed_hi, offset, threshold, scale, eps,
                                  NG: tl.constexpr, ALIGNED: tl.constexpr, IS_RMS: tl.constexpr,
                                  DROPOUT: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_ROWSCALE: tl.constexpr,
                                  HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, FROM_STATE: tl.constexpr):
     """One program per row: h = dropout(x * rowscale) + residual (stored), y = norm(h) * w + b."""
     row = tl.program_id(0).to(tl.int64)
+    seed = _seed(STATE, seed_lo, seed_hi, FROM_STATE)
     if FROM_STATE:
-        seed = tl.load(STATE)
         offset = tl.load(STATE + 1) + offset
     base = row * ncols
     g = tl.arange(0, NG).to(tl.int64)[:, None]
@@ -394,17 +424,17 @@ def _row_sum(x):
     return tl.sum(tl.sum(x, axis=2, keep_dims=True), axis=1, keep_dims=True)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset"])
 def _dropout_add_norm_bwd_kernel(H, DY, W, ROWSCALE, MEAN, RSTD, DRES_OUT, DX, DRES, DW, DB, STATE,
-                                 rows, ncols, rows_per_program, seed, offset, threshold, scale,
+                                 rows, ncols, rows_per_program, seed_lo, seed_hi, offset, threshold, scale,
                                  NG: tl.constexpr, ROWS: tl.constexpr, ALIGNED: tl.constexpr, IS_RMS: tl.constexpr,
                                  DROPOUT: tl.constexpr, HAS_ROWSCALE: tl.constexpr, HAS_WEIGHT: tl.constexpr,
                                  HAS_BIAS: tl.constexpr, HAS_DRES_OUT: tl.constexpr, STORE_DRES: tl.constexpr,
                                  FROM_STATE: tl.constexpr):
     """Each program takes ``rows_per_program`` rows, ROWS at a time, and writes its partial sums of dw and db."""
     pid = tl.program_id(0)
+    seed = _seed(STATE, seed_lo, seed_hi, FROM_STATE)
     if FROM_STATE:
-        seed = tl.load(STATE)
         offset = tl.load(STATE + 1) + offset
     g = tl.arange(0, NG).to(tl.int64)[None, :, None]
     lane = tl.arange(0, 256)[None, None, :]
@@ -515,7 +545,7 @@ def _dropout_add_norm_fwd_impl(
     _launch(_dropout_add_norm_fwd_kernel, x)[(rows,)](
         x, residual if residual is not None else x, weight if weight is not None else x,
         bias if bias is not None else x, rowscale if rowscale is not None else x, y, h, mean, rstd,
-        state if state is not None else x, ncols, seed, offset, threshold, scale, eps,
+        state if state is not None else x, ncols, *_seed_args(seed), offset, threshold, scale, eps,
         NG=ng, ALIGNED=aligned, IS_RMS=is_rms, DROPOUT=dropout, HAS_RESIDUAL=residual is not None,
         HAS_ROWSCALE=rowscale is not None, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
         FROM_STATE=state is not None, num_warps=warps,
@@ -557,7 +587,7 @@ def _dropout_add_norm_bwd_impl(
     _launch(_dropout_add_norm_bwd_kernel, h)[(programs,)](
         h, dy, weight if weight is not None else h, rowscale if rowscale is not None else h, mean, rstd,
         dres_out if dres_out is not None else h, dx, dres, dw, db, state if state is not None else h,
-        rows, ncols, rows_per_program, seed, offset, threshold, scale,
+        rows, ncols, rows_per_program, *_seed_args(seed), offset, threshold, scale,
         NG=ng, ROWS=TUNING["norm_bwd_rows"], ALIGNED=aligned, IS_RMS=is_rms, DROPOUT=dropout,
         HAS_ROWSCALE=rowscale is not None, HAS_WEIGHT=weight is not None, HAS_BIAS=has_bias,
         HAS_DRES_OUT=dres_out is not None,
