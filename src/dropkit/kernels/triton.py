@@ -43,7 +43,6 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_NORM_COLS = 16384
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-INTERPRET: tl.constexpr = tl.constexpr(_INTERPRET)  # the interpreter has no inline PTX
 #: Launch settings (tuned on an H100; a benchmark may override them).
 TUNING = {
     "max_groups": 4,  # groups of 1024 elements per element-wise program, at most
@@ -137,13 +136,14 @@ def _word_of(seed, m):
 
 @triton.jit
 def _affine_part(X, Y, R, B, n, w, numel, ncols, threshold, scale, shift, fill,
-                 HAS_RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SHIFT: tl.constexpr):
+                 HAS_RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SHIFT: tl.constexpr,
+                 EXACT_MUL: tl.constexpr):
     inb = (n >= 0) & (n < numel)
     x = tl.load(X + n, mask=inb, other=0.0).to(tl.float32)
     if HAS_BIAS:
         x += tl.load(B + n % ncols, mask=inb, other=0.0).to(tl.float32)
     keep = _fold(w) >= threshold
-    y = tl.where(keep, _mul_rn(x, scale, HAS_SHIFT and not INTERPRET), fill)
+    y = tl.where(keep, _mul_rn(x, scale, EXACT_MUL), fill)
     if HAS_SHIFT:  # x * scale rounded before the add (no FMA): the reference's two roundings
         y = tl.where(keep, y + shift, fill)
     if HAS_RESIDUAL:
@@ -151,43 +151,44 @@ def _affine_part(X, Y, R, B, n, w, numel, ncols, threshold, scale, shift, fill,
     tl.store(Y + n, y.to(Y.dtype.element_ty), mask=inb)
 
 
-@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset"])
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
 def _masked_affine_fwd_kernel(X, Y, R, B, STATE, numel, ncols, seed_lo, seed_hi, offset, threshold, scale, shift, fill,
                               GROUPS: tl.constexpr, FROM_STATE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-                              HAS_BIAS: tl.constexpr, HAS_SHIFT: tl.constexpr):
+                              HAS_BIAS: tl.constexpr, HAS_SHIFT: tl.constexpr, EXACT_MUL: tl.constexpr):
     """Element-wise: each program takes GROUPS whole groups of 1024 elements, one Philox call per 4 elements."""
     seed = _seed(STATE, seed_lo, seed_hi, FROM_STATE)
-    if FROM_STATE:
-        offset = tl.load(STATE + 1) + offset
+    if FROM_STATE:  # DeviceGenerator offsets are whole groups: tell the compiler, so loads stay vectorised
+        offset = tl.multiple_of(tl.load(STATE + 1), 1024) + offset
     pid = tl.program_id(0).to(tl.int64)
     g = offset // 1024 + pid * GROUPS + tl.arange(0, GROUPS).to(tl.int64)[:, None]
     lane = tl.arange(0, 256)[None, :]
     w0, w1, w2, w3 = tl.randint4x(seed, g * 256 + lane)
     n = g * 1024 + lane - offset
-    _affine_part(X, Y, R, B, n, w0, numel, ncols, threshold, scale, shift, fill, HAS_RESIDUAL, HAS_BIAS, HAS_SHIFT)
+    _affine_part(X, Y, R, B, n, w0, numel, ncols, threshold, scale, shift, fill,
+                 HAS_RESIDUAL, HAS_BIAS, HAS_SHIFT, EXACT_MUL)
     _affine_part(X, Y, R, B, n + 256, w1, numel, ncols, threshold, scale, shift, fill,
-                 HAS_RESIDUAL, HAS_BIAS, HAS_SHIFT)
+                 HAS_RESIDUAL, HAS_BIAS, HAS_SHIFT, EXACT_MUL)
     _affine_part(X, Y, R, B, n + 512, w2, numel, ncols, threshold, scale, shift, fill,
-                 HAS_RESIDUAL, HAS_BIAS, HAS_SHIFT)
+                 HAS_RESIDUAL, HAS_BIAS, HAS_SHIFT, EXACT_MUL)
     _affine_part(X, Y, R, B, n + 768, w3, numel, ncols, threshold, scale, shift, fill,
-                 HAS_RESIDUAL, HAS_BIAS, HAS_SHIFT)
+                 HAS_RESIDUAL, HAS_BIAS, HAS_SHIFT, EXACT_MUL)
 
 
-@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset"])
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
 def _masked_affine_rows_fwd_kernel(X, Y, STATE, rows, row, seed_lo, seed_hi, offset, threshold, scale, shift, fill,
                                    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, FROM_STATE: tl.constexpr,
-                                   HAS_SHIFT: tl.constexpr):
+                                   HAS_SHIFT: tl.constexpr, EXACT_MUL: tl.constexpr):
     """Channel-wise: mask element ``r`` covers elements ``r * row .. r * row + row - 1``."""
     seed = _seed(STATE, seed_lo, seed_hi, FROM_STATE)
-    if FROM_STATE:
-        offset = tl.load(STATE + 1) + offset
+    if FROM_STATE:  # DeviceGenerator offsets are whole groups: tell the compiler, so loads stay vectorised
+        offset = tl.multiple_of(tl.load(STATE + 1), 1024) + offset
     r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     keep = _fold(_word_of(seed, offset + r)) >= threshold
     cols = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
     n = r[:, None] * row + cols[None, :]
     inb = (r[:, None] < rows) & (cols[None, :] < row)
     x = tl.load(X + n, mask=inb, other=0.0).to(tl.float32)
-    y = tl.where(keep[:, None], _mul_rn(x, scale, HAS_SHIFT and not INTERPRET), fill)
+    y = tl.where(keep[:, None], _mul_rn(x, scale, EXACT_MUL), fill)
     if HAS_SHIFT:
         y = tl.where(keep[:, None], y + shift, fill)
     tl.store(Y + n, y.to(Y.dtype.element_ty), mask=inb)
@@ -207,7 +208,7 @@ def _masked_affine_into(x, y, residual, bias, state, seed, offset, threshold, sc
             x, y, residual if residual is not None else x, bias if bias is not None else x, state_arg,
             numel, bias.numel() if bias is not None else 1, *_seed_args(seed), offset, threshold, scale, shift, fill,
             GROUPS=per_program, FROM_STATE=from_state, HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None,
-            HAS_SHIFT=shift != 0.0, num_warps=TUNING["elementwise_warps"],
+            HAS_SHIFT=shift != 0.0, EXACT_MUL=shift != 0.0 and not _INTERPRET, num_warps=TUNING["elementwise_warps"],
         )
     else:
         rows = numel // row
@@ -216,7 +217,8 @@ def _masked_affine_into(x, y, residual, bias, state, seed, offset, threshold, sc
         grid = (triton.cdiv(rows, block_r), triton.cdiv(row, block_c))
         _launch(_masked_affine_rows_fwd_kernel, x)[grid](
             x, y, state_arg, rows, row, *_seed_args(seed), offset, threshold, scale, shift, fill,
-            BLOCK_R=block_r, BLOCK_C=block_c, FROM_STATE=from_state, HAS_SHIFT=shift != 0.0, num_warps=4,
+            BLOCK_R=block_r, BLOCK_C=block_c, FROM_STATE=from_state, HAS_SHIFT=shift != 0.0,
+            EXACT_MUL=shift != 0.0 and not _INTERPRET, num_warps=4,
         )
 
 
@@ -338,7 +340,7 @@ def _norm_out_part(Y, W, B, base, col, h, mean, rstd, ncols,
     tl.store(Y + base + col, y.to(Y.dtype.element_ty), mask=inb)
 
 
-@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset"])
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
 def _dropout_add_norm_fwd_kernel(X, R, W, B, ROWSCALE, Y, H_OUT, MEAN, RSTD, STATE,
                                  ncols, seed_lo, seed_hi, offset, threshold, scale, eps,
                                  NG: tl.constexpr, ALIGNED: tl.constexpr, IS_RMS: tl.constexpr,
@@ -347,8 +349,8 @@ def _dropout_add_norm_fwd_kernel(X, R, W, B, ROWSCALE, Y, H_OUT, MEAN, RSTD, STA
     """One program per row: h = dropout(x * rowscale) + residual (stored), y = norm(h) * w + b."""
     row = tl.program_id(0).to(tl.int64)
     seed = _seed(STATE, seed_lo, seed_hi, FROM_STATE)
-    if FROM_STATE:
-        offset = tl.load(STATE + 1) + offset
+    if FROM_STATE:  # DeviceGenerator offsets are whole groups: tell the compiler, so loads stay vectorised
+        offset = tl.multiple_of(tl.load(STATE + 1), 1024) + offset
     base = row * ncols
     g = tl.arange(0, NG).to(tl.int64)[:, None]
     lane = tl.arange(0, 256)[None, :]
@@ -424,7 +426,7 @@ def _row_sum(x):
     return tl.sum(tl.sum(x, axis=2, keep_dims=True), axis=1, keep_dims=True)
 
 
-@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset"])
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
 def _dropout_add_norm_bwd_kernel(H, DY, W, ROWSCALE, MEAN, RSTD, DRES_OUT, DX, DRES, DW, DB, STATE,
                                  rows, ncols, rows_per_program, seed_lo, seed_hi, offset, threshold, scale,
                                  NG: tl.constexpr, ROWS: tl.constexpr, ALIGNED: tl.constexpr, IS_RMS: tl.constexpr,
@@ -434,8 +436,8 @@ def _dropout_add_norm_bwd_kernel(H, DY, W, ROWSCALE, MEAN, RSTD, DRES_OUT, DX, D
     """Each program takes ``rows_per_program`` rows, ROWS at a time, and writes its partial sums of dw and db."""
     pid = tl.program_id(0)
     seed = _seed(STATE, seed_lo, seed_hi, FROM_STATE)
-    if FROM_STATE:
-        offset = tl.load(STATE + 1) + offset
+    if FROM_STATE:  # DeviceGenerator offsets are whole groups: tell the compiler, so loads stay vectorised
+        offset = tl.multiple_of(tl.load(STATE + 1), 1024) + offset
     g = tl.arange(0, NG).to(tl.int64)[None, :, None]
     lane = tl.arange(0, 256)[None, None, :]
     col = g * 1024 + lane  # (1, NG, 256)
