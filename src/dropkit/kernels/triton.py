@@ -88,21 +88,22 @@ def _launch(kernel, x: torch.Tensor):
 
 
 def _seed_args(seed: int) -> tuple[int, int]:
-    """Split a seed into two kernel arguments that Triton always types as int64, whatever the seed.
+    """Encode a seed as two kernel arguments of one fixed Triton signature, whatever the seed.
 
-    Each 32-bit half is passed plus 2^32: a value below 2^31 would otherwise be typed int32 and one
-    above it int64, and a change of type (or of divisibility by 16) compiles a new kernel variant, which
-    must not happen while a CUDA graph is being captured.
+    Triton types an int argument by its value (int32 below 2^31, int64 above) and specialises it on
+    divisibility by 16, so raw seeds would compile a new kernel variant now and then, which must not
+    happen while a CUDA graph is being captured. Each 32-bit half ``k`` is passed as
+    ``2^36 + 16 k + 3``: always int64, never a multiple of 16 (nor 1). :func:`_seed` decodes it.
     """
-    return (seed & 0xFFFFFFFF) + 2**32, ((seed >> 32) & 0xFFFFFFFF) + 2**32
+    return 2**36 + ((seed & 0xFFFFFFFF) << 4) + 3, 2**36 + (((seed >> 32) & 0xFFFFFFFF) << 4) + 3
 
 
 @triton.jit
 def _seed(STATE, seed_lo, seed_hi, FROM_STATE: tl.constexpr):
-    """The 64-bit Philox key: from the device state, or joined from the two halves of :func:`_seed_args`."""
+    """The 64-bit Philox key: from the device state, or decoded from the two arguments of :func:`_seed_args`."""
     if FROM_STATE:
         return tl.load(STATE)
-    return ((seed_hi & 0xFFFFFFFF) << 32) | (seed_lo & 0xFFFFFFFF)
+    return (((seed_hi >> 4) & 0xFFFFFFFF) << 32) | ((seed_lo >> 4) & 0xFFFFFFFF)
 
 
 @triton.jit
@@ -151,7 +152,7 @@ def _affine_part(X, Y, R, B, n, w, numel, ncols, threshold, scale, shift, fill,
     tl.store(Y + n, y.to(Y.dtype.element_ty), mask=inb)
 
 
-@triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
+@triton.jit
 def _masked_affine_fwd_kernel(X, Y, R, B, STATE, numel, ncols, seed_lo, seed_hi, offset, threshold, scale, shift, fill,
                               GROUPS: tl.constexpr, FROM_STATE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
                               HAS_BIAS: tl.constexpr, HAS_SHIFT: tl.constexpr, EXACT_MUL: tl.constexpr):
@@ -174,7 +175,7 @@ def _masked_affine_fwd_kernel(X, Y, R, B, STATE, numel, ncols, seed_lo, seed_hi,
                  HAS_RESIDUAL, HAS_BIAS, HAS_SHIFT, EXACT_MUL)
 
 
-@triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
+@triton.jit
 def _masked_affine_rows_fwd_kernel(X, Y, STATE, rows, row, seed_lo, seed_hi, offset, threshold, scale, shift, fill,
                                    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, FROM_STATE: tl.constexpr,
                                    HAS_SHIFT: tl.constexpr, EXACT_MUL: tl.constexpr):
@@ -340,7 +341,7 @@ def _norm_out_part(Y, W, B, base, col, h, mean, rstd, ncols,
     tl.store(Y + base + col, y.to(Y.dtype.element_ty), mask=inb)
 
 
-@triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
+@triton.jit
 def _dropout_add_norm_fwd_kernel(X, R, W, B, ROWSCALE, Y, H_OUT, MEAN, RSTD, STATE,
                                  ncols, seed_lo, seed_hi, offset, threshold, scale, eps,
                                  NG: tl.constexpr, ALIGNED: tl.constexpr, IS_RMS: tl.constexpr,
@@ -426,7 +427,7 @@ def _row_sum(x):
     return tl.sum(tl.sum(x, axis=2, keep_dims=True), axis=1, keep_dims=True)
 
 
-@triton.jit(do_not_specialize=["seed_lo", "seed_hi"])
+@triton.jit
 def _dropout_add_norm_bwd_kernel(H, DY, W, ROWSCALE, MEAN, RSTD, DRES_OUT, DX, DRES, DW, DB, STATE,
                                  rows, ncols, rows_per_program, seed_lo, seed_hi, offset, threshold, scale,
                                  NG: tl.constexpr, ROWS: tl.constexpr, ALIGNED: tl.constexpr, IS_RMS: tl.constexpr,
