@@ -116,3 +116,62 @@ def min_dim(op: str, x: torch.Tensor, ndim: int, layout: str) -> None:
 def warn(message: str) -> None:
     """Emit a ``UserWarning`` attributed to the caller of the public function."""
     warnings.warn(message, UserWarning, stacklevel=4)
+
+
+# --- weight-level, learned and scheduled dropout (issue 4, items 3-7) -----------------------------------------------
+
+
+def count(op: str, name: str, value: object, minimum: int = 0) -> int:
+    """Return ``value`` if it is an int ``>= minimum`` (bools are refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise _fail(op, name, "an int", value, TypeError)
+    if int(value) < minimum:
+        raise _fail(op, name, f"an int >= {minimum}", value)
+    return int(value)
+
+
+def positive(op: str, name: str, value: object) -> float:
+    """Return ``value`` as a float if it is a finite real number ``> 0``."""
+    number = real(op, name, value)
+    if not (0.0 < number < math.inf):
+        raise _fail(op, name, "a finite number > 0", value)
+    return number
+
+
+def open_unit(op: str, name: str, value: object) -> float:
+    """Return ``value`` as a float if it lies in the open interval ``(0, 1)``."""
+    number = real(op, name, value)
+    if not (0.0 < number < 1.0):
+        raise _fail(op, name, "in (0, 1)", value)
+    return number
+
+
+def module(op: str, value: object) -> None:
+    """Check that ``value`` is a ``torch.nn.Module``."""
+    if not isinstance(value, torch.nn.Module):
+        raise _fail(op, "module", "a torch.nn.Module", type(value).__name__, TypeError)
+
+
+def parameter_names(op: str, module: torch.nn.Module, names: object) -> tuple[str, ...]:
+    """Return ``names`` (a str or a sequence of str) as a tuple after checking each names a parameter of ``module``."""
+    names = (names,) if isinstance(names, str) else names
+    if not isinstance(names, (tuple, list)) or not names or not all(isinstance(n, str) for n in names):
+        raise _fail(op, "weights", "a non-empty sequence of parameter names", names, TypeError)
+    owned = dict(module.named_parameters())
+    for name in names:
+        if name not in owned:
+            raise ValueError(
+                f"{op}: module must have a parameter named {name!r}, but got {type(module).__name__} with "
+                f"parameters {sorted(owned)!r}."
+            )
+    return tuple(names)
+
+
+def tensor_pair(op: str, a: object, b: object) -> None:
+    """Check that ``a`` and ``b`` are floating-point tensors of the same shape."""
+    for name, value in (("logits1", a), ("logits2", b)):
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            shown = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
+            raise _fail(op, name, "a floating-point torch.Tensor", shown, TypeError)
+    if a.shape != b.shape:  # type: ignore[union-attr]
+        raise _fail(op, "logits2", f"of the same shape as logits1 {tuple(a.shape)}", tuple(b.shape))  # type: ignore

@@ -50,7 +50,7 @@ DROPKIT_NOISE: tuple[type[nn.Module], ...] = (dnn.GaussianDropout, dnn.GaussianN
 #: Third-party stochastic layers, matched by class name (timm, torchvision and common DropConnect spellings).
 STOCHASTIC_CLASS_NAMES = frozenset(
     {"DropPath", "StochasticDepth", "DropBlock2d", "DropBlock3d", "DropBlock", "DropConnect", "DropConnectLinear",
-     "WeightDrop", "GaussianDropout", "GaussianNoise", "ConcreteDropout"}
+     "DropConnectConv1d", "DropConnectConv2d", "WeightDrop", "GaussianDropout", "GaussianNoise", "ConcreteDropout"}
 )  # fmt: skip
 #: torch modules whose eval-mode fast path skips their dropout submodules: they must be in training mode.
 TORCH_FAST_PATHS: tuple[type[nn.Module], ...] = (
@@ -440,5 +440,13 @@ _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm
 
 
 def _mixes_batch(model: nn.Module) -> bool:
-    """Whether a module that couples the rows of a batch is in training mode (BatchNorm using batch statistics)."""
-    return any(isinstance(m, _BATCH_NORMS) and m.training for m in model.modules())
+    """Whether stacking samples in the batch would change them.
+
+    True when a module couples the rows of a batch (BatchNorm in training, using batch statistics) or draws
+    one mask for the whole batch (per-batch DropConnect: ``shares_mask_across_batch``), which would give every
+    stacked sample the same mask.
+    """
+    return any(
+        (isinstance(m, _BATCH_NORMS) and m.training) or getattr(m, "shares_mask_across_batch", False)
+        for m in model.modules()
+    )

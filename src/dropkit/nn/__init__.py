@@ -10,6 +10,7 @@ from .dropout import (
     GaussianDropout,
     GaussianNoise,
 )
+from .weights import DropConnect, DropConnectConv1d, DropConnectConv2d, DropConnectLinear
 
 __all__ = [
     "Dropout",
@@ -20,4 +21,8 @@ __all__ = [
     "FeatureAlphaDropout",
     "GaussianDropout",
     "GaussianNoise",
+    "DropConnect",
+    "DropConnectLinear",
+    "DropConnectConv1d",
+    "DropConnectConv2d",
 ]
