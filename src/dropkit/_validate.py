@@ -146,10 +146,10 @@ def open_unit(op: str, name: str, value: object) -> float:
     return number
 
 
-def module(op: str, value: object) -> None:
-    """Check that ``value`` is a ``torch.nn.Module``."""
+def module(op: str, value: object, name: str = "module") -> None:
+    """Check that ``value`` (the argument ``name``) is a ``torch.nn.Module``."""
     if not isinstance(value, torch.nn.Module):
-        raise _fail(op, "module", "a torch.nn.Module", type(value).__name__, TypeError)
+        raise _fail(op, name, "a torch.nn.Module", type(value).__name__, TypeError)
 
 
 def parameter_names(op: str, module: torch.nn.Module, names: object) -> tuple[str, ...]:

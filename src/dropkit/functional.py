@@ -744,3 +744,73 @@ def _drop_connect_conv_op(nd: int):
 
 drop_connect_conv1d = _drop_connect_conv_op(1)
 drop_connect_conv2d = _drop_connect_conv_op(2)
+
+
+__all__ += ["concrete_dropout"]
+
+
+def concrete_dropout(
+    input: torch.Tensor,
+    p_logit: torch.Tensor | float,
+    temperature: float = 0.1,
+    training: bool = True,
+    *,
+    eps: float = 1e-7,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    r"""Concrete (relaxed Bernoulli) dropout with a learnable drop probability :math:`p = \sigma(\text{p\_logit})`.
+
+    With :math:`u \sim U(0, 1)` per element (dropkit's seeded generator) the relaxed drop mask is
+
+    .. math::
+
+        z = \sigma\!\Big(\frac{\log(p + \epsilon) - \log(1 - p + \epsilon) + \log(u + \epsilon)
+            - \log(1 - u + \epsilon)}{t}\Big), \qquad y = \frac{x \odot (1 - z)}{1 - p}
+
+    exactly as the authors' code, so :math:`y` is differentiable in :math:`p` (and in :math:`x`); as the
+    temperature :math:`t \to 0` it becomes inverted Bernoulli dropout. Identity in eval.
+
+    Args:
+        input: Tensor of any shape.
+        p_logit: Logit of the drop probability: a tensor broadcastable to ``input`` (usually one element, a
+            ``Parameter``) or a float.
+        temperature: Temperature :math:`t > 0` of the relaxation. Default: ``0.1``.
+        training: Apply the relaxed mask if ``True``; identity otherwise. Default: ``True``.
+        eps: The :math:`\epsilon` of the logs. Default: ``1e-7`` (Keras' epsilon, as the reference).
+        seed: Explicit 64-bit seed of the uniforms. Default: ``None``.
+        generator: Generator to draw the seed from. Default: torch's global CPU generator.
+
+    Shape:
+        - Input: :math:`(*)`.
+        - Output: same as input.
+
+    Returns:
+        Tensor with the shape of ``input``.
+
+    Raises:
+        ValueError: If ``temperature`` is not a finite number ``> 0``.
+
+    Example:
+        >>> y = concrete_dropout(torch.ones(2, 3), torch.tensor(0.0), seed=0)
+        >>> y.shape, bool(((y >= 0) & (y <= 2)).all())
+        (torch.Size([2, 3]), True)
+
+    References:
+        Gal, Hron and Kendall, "Concrete Dropout", NeurIPS 2017, https://arxiv.org/abs/1705.07832
+        (code: https://github.com/yaringal/ConcreteDropout).
+    """
+    op = "concrete_dropout"
+    temperature = _validate.positive(op, "temperature", temperature)
+    _validate.seed_source(op, seed, generator)
+    training = bool(training) or _forced_training
+    _validate.tensor_input(op, input, training)
+    if not training or input.numel() == 0:
+        return input
+    p_logit = torch.as_tensor(p_logit, dtype=input.dtype, device=input.device)
+    p = torch.sigmoid(p_logit)
+    u = rng.uniform(input.shape, _seed(seed, generator), device=input.device).to(input.dtype)
+    drop = torch.sigmoid(
+        (torch.log(p + eps) - torch.log(1.0 - p + eps) + torch.log(u + eps) - torch.log(1.0 - u + eps)) / temperature
+    )
+    return input * (1.0 - drop) / (1.0 - p)

@@ -1,5 +1,6 @@
 """dropkit Modules: one file per family, each a thin shell over :mod:`dropkit.functional`."""
 
+from .concrete import ConcreteDropout, concrete_regularization
 from .dropout import (
     AlphaDropout,
     Dropout,
@@ -25,4 +26,6 @@ __all__ = [
     "DropConnectLinear",
     "DropConnectConv1d",
     "DropConnectConv2d",
+    "ConcreteDropout",
+    "concrete_regularization",
 ]
