@@ -299,7 +299,7 @@ def test_wrapper_errors():
         dnn.DropConnect(torch.ones(2))
     with pytest.raises(ValueError, match=r"DropConnect: p must be in \[0, 1\], but got 2"):
         dnn.DropConnect(torch.nn.Linear(2, 2), 2)
-    with pytest.raises(TypeError, match=r"per_sample=True needs a batched tensor"):
+    with pytest.raises(TypeError, match=r"DropConnect: the first positional input \(per_sample\) must be a batched"):
         dnn.DropConnect(torch.nn.Linear(2, 2), per_sample=True)(x=torch.ones(2, 2))
 
 

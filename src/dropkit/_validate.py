@@ -175,3 +175,42 @@ def tensor_pair(op: str, a: object, b: object) -> None:
             raise _fail(op, name, "a floating-point torch.Tensor", shown, TypeError)
     if a.shape != b.shape:  # type: ignore[union-attr]
         raise _fail(op, "logits2", f"of the same shape as logits1 {tuple(a.shape)}", tuple(b.shape))  # type: ignore
+
+
+def unit(op: str, name: str, value: object) -> float:
+    """Return ``value`` as a float if it lies in ``[0, 1]`` (NaN fails)."""
+    number = real(op, name, value)
+    if not (0.0 <= number <= 1.0):
+        raise _fail(op, name, "in [0, 1]", value)
+    return number
+
+
+def not_below(op: str, name: str, value: object, other_name: str, other: object) -> None:
+    """Raise ``ValueError`` unless ``value >= other`` (``name`` must be ``>= other_name``)."""
+    if not value >= other:  # type: ignore[operator]
+        raise _fail(op, name, f">= {other_name} ({other!r})", value)
+
+
+def required(op: str, name: str, value: object, expectation: str, context: str) -> None:
+    """Raise ``ValueError`` if an argument that ``context`` needs is ``None``."""
+    if value is None:
+        raise _fail(op, name, f"{expectation} {context}", None)
+
+
+def contains(op: str, model: object, found: bool, what: str) -> None:
+    """Raise ``ValueError`` if ``model`` holds no ``what`` (``found`` is false)."""
+    if not found:
+        raise ValueError(f"{op}: model must contain {what}, but got {type(model).__name__} with none.")
+
+
+def same_keys(op: str, name: str, got: object, expected: object) -> None:
+    """Raise ``ValueError`` if the sorted keys ``got`` differ from ``expected``."""
+    if sorted(got) != sorted(expected):  # type: ignore[call-overload]
+        raise _fail(op, name, f"the keys {sorted(expected)!r}", sorted(got))  # type: ignore[call-overload]
+
+
+def batched(op: str, name: str, value: object) -> None:
+    """Raise ``TypeError`` unless ``value`` is a tensor with at least one dimension."""
+    if not isinstance(value, torch.Tensor) or value.dim() == 0:
+        shown = "a 0-D tensor" if isinstance(value, torch.Tensor) else type(value).__name__
+        raise _fail(op, name, "a batched torch.Tensor (N, *)", shown, TypeError)

@@ -93,8 +93,7 @@ class ConcreteDropout(_SeededMixin, nn.Module):
         self.weight_regularizer = _validate.nonnegative(op, "weight_regularizer", weight_regularizer)
         self.dropout_regularizer = _validate.nonnegative(op, "dropout_regularizer", dropout_regularizer)
         low, high = _logit(op, "init_min", init_min), _logit(op, "init_max", init_max)
-        if high < low:
-            raise ValueError(f"{op}: init_max must be >= init_min ({init_min!r}), but got {init_max!r}.")
+        _validate.not_below(op, "init_max", init_max, "init_min", init_min)
         self.temperature = _validate.positive(op, "temperature", temperature)
         self._setup_rng(seed, generator)
         u = float(rng.uniform(1, F._seed(None, self.generator)))
@@ -122,11 +121,9 @@ class ConcreteDropout(_SeededMixin, nn.Module):
         Raises:
             ValueError: If :math:`K` is unknown (no training forward yet and no ``in_features``).
         """
-        if self.input_dim is None:
-            raise ValueError(
-                "ConcreteDropout: input_dim must be known for the entropy term, but got None: run one training "
-                "forward first (the wrapped module has no in_features)."
-            )
+        _validate.required(
+            "ConcreteDropout", "input_dim", self.input_dim, "known", "for the entropy term (run one training forward)"
+        )
         p = torch.sigmoid(self.p_logit).sum()
         squares = sum(
             (w.pow(2).sum() for name, w in self.module.named_parameters() if name.split(".")[-1] == "weight"),
@@ -160,9 +157,5 @@ def concrete_regularization(model: nn.Module) -> torch.Tensor:
     """
     _validate.module("concrete_regularization", model, "model")
     terms = [m.regularization() for m in model.modules() if isinstance(m, ConcreteDropout)]
-    if not terms:
-        raise ValueError(
-            f"concrete_regularization: model must contain a ConcreteDropout layer, but got {type(model).__name__} "
-            "with none."
-        )
+    _validate.contains("concrete_regularization", model, bool(terms), "a ConcreteDropout layer")
     return torch.stack(terms).sum()

@@ -337,8 +337,7 @@ class DropConnect(_DropConnectMixin, nn.Module):
         seed = F._seed(None, self.generator)
         if not self.per_sample:
             return functional_call(self.module, self._masked(seed, None), args, kwargs)
-        if not args or not isinstance(args[0], torch.Tensor) or args[0].dim() == 0:
-            raise TypeError("DropConnect: per_sample=True needs a batched tensor as the first positional input.")
+        _validate.batched("DropConnect", "the first positional input (per_sample)", args[0] if args else None)
         x, rest = args[0], args[1:]
         masked = self._masked(seed, x.shape[0])
 
