@@ -214,3 +214,8 @@ def batched(op: str, name: str, value: object) -> None:
     if not isinstance(value, torch.Tensor) or value.dim() == 0:
         shown = "a 0-D tensor" if isinstance(value, torch.Tensor) else type(value).__name__
         raise _fail(op, name, "a batched torch.Tensor (N, *)", shown, TypeError)
+
+
+def warn_here(message: str) -> None:
+    """Emit a ``UserWarning`` attributed to the line that called the caller (a ``with`` statement, a constructor)."""
+    warnings.warn(message, UserWarning, stacklevel=3)

@@ -99,7 +99,12 @@ def _threshold(p: float) -> int:
     return rng.keep_threshold(p)
 
 
+_seed_override = None  # set by dropkit.consistent.frozen_masks: a callable giving the seed of the current site
+
+
 def _seed(seed: int | None, generator: torch.Generator | None) -> int:
+    if seed is None and _seed_override is not None:  # frozen masks: one fixed seed per call site
+        return _seed_override()
     return int(seed) if seed is not None else rng.draw_seed(generator)
 
 
