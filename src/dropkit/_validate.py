@@ -219,3 +219,10 @@ def batched(op: str, name: str, value: object) -> None:
 def warn_here(message: str) -> None:
     """Emit a ``UserWarning`` attributed to the line that called the caller (a ``with`` statement, a constructor)."""
     warnings.warn(message, UserWarning, stacklevel=3)
+
+
+def bool_mask(op: str, name: str, value: object) -> None:
+    """Raise ``TypeError`` unless ``value`` is a bool tensor."""
+    if not isinstance(value, torch.Tensor) or value.dtype != torch.bool:
+        shown = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
+        raise _fail(op, name, "a bool torch.Tensor", shown, TypeError)
