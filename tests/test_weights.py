@@ -360,3 +360,38 @@ def test_mc_predict_gives_distinct_samples(per_sample):
     r = mc.predict(model, torch.randn(5, 4), samples=6, seed=0, keep_samples=True)
     distinct = {tuple(r.samples[t].flatten().tolist()) for t in range(6)}
     assert len(distinct) == 6
+
+
+def test_linear_per_sample_chunks_give_the_same_result_and_gradients(monkeypatch):
+    torch.manual_seed(3)
+    w = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(5, 2, 6, dtype=torch.float64, requires_grad=True)
+
+    def run():
+        y = F.drop_connect_linear(x, w, p=0.3, per_sample=True, seed=4)
+        return (y, *torch.autograd.grad(y.pow(2).sum(), (x, w)))
+
+    whole = run()
+    monkeypatch.setattr(F, "PER_SAMPLE_CHUNK", 2 * w.numel())  # chunks of two samples: 2 + 2 + 1
+    for a, b in zip(whole, run(), strict=True):
+        torch.testing.assert_close(a, b)
+    assert torch.autograd.gradcheck(lambda x, w: F.drop_connect_linear(x, w, p=0.3, per_sample=True, seed=4), (x, w))
+
+
+def test_linear_per_sample_half_precision_gradients():
+    layer = _linear(0.5, per_sample=True, seed=0).to(torch.bfloat16)
+    layer(torch.randn(3, 6, dtype=torch.bfloat16)).sum().backward()
+    assert layer.weight.grad.dtype == torch.bfloat16 and layer.weight.grad.abs().sum() > 0
+
+
+def test_benchmark_script_quick_runs(capsys):
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_weights.py"
+    spec = importlib.util.spec_from_file_location("bench_weights", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = module.main(["--quick"])
+    assert set(results["linear 64x64, batch 8"]) >= {"plain", "per-batch", "per-sample", "per-row loop"}
+    assert "conv2d" in capsys.readouterr().out

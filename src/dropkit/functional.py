@@ -497,6 +497,70 @@ def _drop_connect_params(
     return w, bias
 
 
+#: Elements of masked weight copies one per-sample DropConnect chunk materialises (16 MiB in fp32).
+PER_SAMPLE_CHUNK = 1 << 22
+
+
+def _per_sample_chunks(weight: torch.Tensor, seed: int, p: float, n: int, masked_weights: bool = True):
+    """Yield ``(start, stop, spec, masked)`` over chunks of samples, ``masked`` the ``(c, *W)`` masked weights.
+
+    Sample ``i``'s mask is the one ``drop_connect(weight, samples=n)`` gives it (offset ``i * weight.numel()``).
+    One buffer is reused for every chunk (fresh pages cost more than the masking itself); with
+    ``masked_weights=False`` it is yielded unfilled (a scratch buffer).
+    """
+    numel = weight.numel()
+    chunk = min(n, max(1, PER_SAMPLE_CHUNK // max(1, numel)))
+    scale = 0.0 if p == 1.0 else 1.0 / (1.0 - p)
+    buffer = weight.new_empty(chunk, *weight.shape)
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        masked = buffer[: stop - start]
+        spec = MaskSpec(seed, start * numel, _threshold(p), scale)
+        if masked_weights:
+            masked.copy_(weight.expand_as(masked))
+            kernels.apply(masked, spec, out=masked)
+        yield start, stop, spec, masked
+
+
+class _PerSampleLinearFn(torch.autograd.Function):
+    """``y[i] = x[i] (M_i ⊙ W)^T / (1-p)`` for every sample ``i``, in chunks, masks regenerated in backward.
+
+    Keeps ``x`` and ``W`` for backward, not the :math:`N` masked copies: memory O(chunk · W), not O(N · W).
+    Once differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, seed: int, p: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, weight)
+        ctx.seed, ctx.p = seed, p
+        out = x.new_empty(x.shape[0], x.shape[1], weight.shape[0])
+        for start, stop, _, masked in _per_sample_chunks(weight, seed, p, x.shape[0]):
+            torch.bmm(x[start:stop], masked.transpose(1, 2), out=out[start:stop])
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous()
+        dx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
+        dw = None
+        if ctx.needs_input_grad[1]:  # accumulated in float32 for half and bfloat16 weights
+            half = weight.dtype in (torch.float16, torch.bfloat16)
+            dw = torch.zeros_like(weight, dtype=torch.float32 if half else None)
+        for start, stop, spec, buffer in _per_sample_chunks(weight, ctx.seed, ctx.p, x.shape[0], dx is not None):
+            g = grad[start:stop]
+            if dx is not None:
+                torch.bmm(g, buffer, out=dx[start:stop])
+            if dw is not None:  # dW = sum_i M_i ⊙ (g_i^T x_i) / (1-p): the summed outer products, masked in place
+                if g.shape[1] == 1:  # one row per sample: the outer product is a broadcast multiply
+                    torch.mul(g.transpose(1, 2), x[start:stop], out=buffer)
+                else:
+                    torch.bmm(g.transpose(1, 2), x[start:stop], out=buffer)
+                dw += kernels.apply(buffer, spec.linear(), out=buffer).sum(0, dtype=dw.dtype)
+        return dx, (dw.to(weight.dtype) if dw is not None else None), None, None
+
+
 def drop_connect(
     weight: torch.Tensor,
     p: float = 0.5,
@@ -574,9 +638,11 @@ def drop_connect_linear(
     :math:`\tilde W = (M \odot W)/(1-p)`, :math:`M_{ij} \sim \mathrm{Bernoulli}(1-p)`, a fresh mask per call
     (the bias too when ``drop_bias``, with its own mask). By default one mask serves the whole batch
     (``per_sample=False``, the cheap form used in practice); ``per_sample=True`` draws one weight mask per
-    row of the batch, as in Wan et al.'s definition, and evaluates all rows with one batched matmul:
-    :math:`O(N \cdot \text{out} \cdot \text{in})` extra memory for the :math:`N` masked weight copies, and the
-    FLOPs of the dense layer, but as :math:`N` matrix-vector products (memory-bound). In eval the plain
+    row of the batch, as in Wan et al.'s definition, and evaluates the rows as batched matmuls over chunks of
+    samples (:data:`PER_SAMPLE_CHUNK` masked weight elements at a time, regenerated in backward): the FLOPs
+    of the dense layer, but as :math:`N` matrix-vector products (memory-bound), plus
+    :math:`O(N \cdot \text{out} \cdot \text{in})` mask generation, twice; only ``input`` and ``weight`` are kept
+    for backward. The per-sample path is once differentiable. In eval the plain
     weights are used (inverted scaling: :math:`E[\tilde W] = W`, the mean-field network, not the paper's
     Gaussian moment-matching inference).
 
@@ -625,8 +691,10 @@ def drop_connect_linear(
     n = rows.shape[0]
     if rows.numel() == 0:
         return torch.nn.functional.linear(input, weight, bias)
-    w, b = _drop_connect_params(weight, bias, p, drop_bias, n, seed)
-    y = torch.bmm(rows.reshape(n, -1, rows.shape[-1]), w.transpose(1, 2))  # (N, L, out)
+    y = _PerSampleLinearFn.apply(rows.reshape(n, -1, rows.shape[-1]), weight, seed, p)  # (N, L, out)
+    b = bias
+    if bias is not None and drop_bias:
+        b = _masked_weight(bias, seed, n * weight.numel(), p, n)
     if b is not None:
         y = y + (b.unsqueeze(1) if b.dim() == 2 else b)
     y = y.reshape(*rows.shape[:-1], weight.shape[0])
@@ -812,10 +880,10 @@ def concrete_dropout(
     _validate.tensor_input(op, input, training)
     if not training or input.numel() == 0:
         return input
-    p_logit = torch.as_tensor(p_logit, dtype=input.dtype, device=input.device)
-    p = torch.sigmoid(p_logit)
-    u = rng.uniform(input.shape, _seed(seed, generator), device=input.device).to(input.dtype)
+    opmath = torch.float32 if input.dtype in (torch.float16, torch.bfloat16) else input.dtype  # eps underflows in half
+    p = torch.sigmoid(torch.as_tensor(p_logit, device=input.device).to(opmath))
+    u = rng.uniform(input.shape, _seed(seed, generator), device=input.device).to(opmath)
     drop = torch.sigmoid(
         (torch.log(p + eps) - torch.log(1.0 - p + eps) + torch.log(u + eps) - torch.log(1.0 - u + eps)) / temperature
     )
-    return input * (1.0 - drop) / (1.0 - p)
+    return (input.to(opmath) * (1.0 - drop) / (1.0 - p)).to(input.dtype)
