@@ -8,6 +8,10 @@ Cases (fp32, forward + backward of ``y.sum()``, p = 0.5; gradients cleared after
 2. Conv2d 16 → 32, 3×3, 16×16 maps at batch 16: ``nn.Conv2d``, per batch, per sample (one grouped
    convolution with 16·groups groups) and the per-row loop.
 
+3. Bytes autograd keeps for backward in one forward of each Linear contender (``saved_tensors_hooks``,
+   storages counted once): the per-sample layer keeps the input and the weight, the loop and the vmap wrapper
+   keep :math:`N` masked weight copies.
+
 Contenders of a case run interleaved in rounds (each round runs every contender once, in order); a sample
 loops enough calls to last ``--min-sample-ms``. Reported: the median time per call of each contender and the
 MEDIAN OF PER-ROUND RATIOS against the per-row loop and against the plain layer.
@@ -125,8 +129,42 @@ def cases(quick: bool = False) -> dict[str, dict[str, Callable[[], None]]]:
     }
 
 
+def saved_bytes(fn: Callable[[], torch.Tensor]) -> int:
+    """Bytes autograd saves for backward in one call of ``fn``, storages deduplicated."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        seen[ptr] = max(seen.get(ptr, 0), t.untyped_storage().nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
+
+
+def saved_linear(quick: bool) -> dict[str, int]:
+    """Case 3: bytes kept for backward by each Linear contender."""
+    torch.manual_seed(0)
+    width, batch = (64, 8) if quick else (512, 64)
+    lin = nn.Linear(width, width)
+    layer = dnn.DropConnectLinear(width, width, p=P, per_sample=True)
+    wrapper = dnn.DropConnect(nn.Linear(width, width), P, per_sample=True)
+    x = torch.randn(batch, width, requires_grad=True)
+    return {
+        "plain": saved_bytes(lambda: lin(x)),
+        "per-sample": saved_bytes(lambda: layer(x)),
+        "wrapper per-sample (vmap)": saved_bytes(lambda: wrapper(x)),
+        "per-row loop": saved_bytes(
+            lambda: torch.stack(
+                [nn.functional.linear(x[n], DF.drop_connect(lin.weight, P), lin.bias) for n in range(batch)]
+            )
+        ),
+    }
+
+
 def main(argv: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]]:
-    """Run every case; print and return ``{case: {contender: {ms, vs_loop, vs_plain}}}``."""
+    """Run every case; print and return ``{case: {contender: {ms, vs_loop, vs_plain}}}`` (and ``saved``)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small shapes, 2 rounds of 2 ms samples (smoke run)")
     parser.add_argument("--rounds", type=int, default=7)
@@ -145,6 +183,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]
             ms = statistics.median(values) * 1e3
             results[case][name] = {"ms": ms, "vs_loop": vs_loop, "vs_plain": vs_plain}
             print(f"  {name:28s} {ms:9.3f} {vs_loop:8.3f} {vs_plain:8.2f}")
+    print("\nbytes kept for backward, one Linear forward")
+    saved = saved_linear(args.quick)
+    for name, nbytes in saved.items():
+        print(f"  {name:28s} {nbytes / 2**20:9.2f} MiB")
+    results["saved"] = {name: {"bytes": float(nbytes)} for name, nbytes in saved.items()}
     return results
 
 
