@@ -397,3 +397,17 @@ def test_benchmark_script_quick_runs(capsys):
     assert "conv2d" in capsys.readouterr().out
     saved = results["saved"]  # the chunked per-sample layer keeps no masked weight copies for backward
     assert saved["per-sample"]["bytes"] < saved["per-row loop"]["bytes"] / 4
+
+
+def test_wrapper_per_sample_fast_path_equals_vmap_path():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(2, 3, 3, padding=1)
+    x = torch.randn(3, 2, 5, 5)
+    fast = dnn.DropConnect(conv, 0.5, drop_bias=True, per_sample=True, seed=2)
+    slow = dnn.DropConnect(torch.nn.Sequential(conv), 0.5, weights=("0.weight", "0.bias"), per_sample=True, seed=2)
+    torch.testing.assert_close(fast(x), slow(x))
+    lin = torch.nn.Linear(4, 3)
+    fast = dnn.DropConnect(lin, 0.5, per_sample=True, seed=1)
+    slow = dnn.DropConnect(torch.nn.Sequential(lin), 0.5, weights="0.weight", per_sample=True, seed=1)
+    x = torch.randn(5, 4)
+    torch.testing.assert_close(fast(x), slow(x))

@@ -270,8 +270,9 @@ class DropConnect(_DropConnectMixin, nn.Module):
 
     ``per_sample=True`` draws one mask per row of the first positional input and evaluates the rows with
     ``torch.func.vmap`` (each row runs as a batch of one): :math:`N` copies of the masked parameters, and the
-    module must be vmap-compatible and treat rows independently (Linear, convolutions, attention without
-    batch statistics). The dedicated :class:`DropConnectLinear` / :class:`DropConnectConv2d` do this faster.
+    module must be vmap-compatible and treat rows independently (attention without batch statistics, ...).
+    A plain ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d`` (zero padding) goes through the dedicated per-sample
+    ops instead, with the same masks: chunked, and without :math:`N` weight copies kept for backward.
 
     Args:
         module: The module to wrap.
@@ -339,12 +340,28 @@ class DropConnect(_DropConnectMixin, nn.Module):
             return functional_call(self.module, self._masked(seed, None), args, kwargs)
         _validate.batched("DropConnect", "the first positional input (per_sample)", args[0] if args else None)
         x, rest = args[0], args[1:]
+        fast = self._fast_per_sample(x, seed) if not rest and not kwargs else None
+        if fast is not None:
+            return fast
         masked = self._masked(seed, x.shape[0])
 
         def one(params: dict[str, torch.Tensor], row: torch.Tensor) -> torch.Tensor:
             return functional_call(self.module, params, (row.unsqueeze(0), *rest), kwargs).squeeze(0)
 
         return vmap(one)(masked, x)
+
+    def _fast_per_sample(self, x: torch.Tensor, seed: int) -> torch.Tensor | None:
+        """Per-sample masks of a plain Linear / Conv1d / Conv2d through the dedicated ops (the very same masks)."""
+        m = self.module
+        if self.weights not in (("weight",), ("weight", "bias")):
+            return None
+        common = dict(p=self.p, training=True, drop_bias=len(self.weights) == 2, per_sample=True, seed=seed)
+        if type(m) is nn.Linear:
+            return F.drop_connect_linear(x, m.weight, m.bias, **common)
+        convs = {nn.Conv1d: F.drop_connect_conv1d, nn.Conv2d: F.drop_connect_conv2d}
+        if type(m) in convs and m.padding_mode == "zeros":
+            return convs[type(m)](x, m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups, **common)
+        return None
 
     def extra_repr(self) -> str:
         """Describe the masked parameters and the DropConnect settings."""
