@@ -411,3 +411,33 @@ def test_wrapper_per_sample_fast_path_equals_vmap_path():
     slow = dnn.DropConnect(torch.nn.Sequential(lin), 0.5, weights="0.weight", per_sample=True, seed=1)
     x = torch.randn(5, 4)
     torch.testing.assert_close(fast(x), slow(x))
+
+
+def test_non_contiguous_weight_and_channels_last_input():
+    w = torch.randn(6, 5)
+    assert torch.equal(F.drop_connect(w.T, 0.5, seed=1), F.drop_connect(w.T.contiguous(), 0.5, seed=1))
+    layer = dnn.DropConnectConv2d(3, 4, 3, padding=1, p=0.5)
+    x = torch.randn(2, 3, 6, 6)
+    xl = x.to(memory_format=torch.channels_last)
+    for per_sample in (False, True):
+        y = F.drop_connect_conv2d(x, layer.weight, layer.bias, 1, 1, p=0.5, per_sample=per_sample, seed=3)
+        yl = F.drop_connect_conv2d(xl, layer.weight, layer.bias, 1, 1, p=0.5, per_sample=per_sample, seed=3)
+        torch.testing.assert_close(y, yl)
+    xt = torch.randn(6, 4).T  # non-contiguous (4, 6) input
+    lin = _linear(0.5)
+    torch.testing.assert_close(
+        F.drop_connect_linear(xt, lin.weight, p=0.5, per_sample=True, seed=2),
+        F.drop_connect_linear(xt.contiguous(), lin.weight, p=0.5, per_sample=True, seed=2),
+    )
+
+
+def test_checkpoint_recomputes_the_same_weight_mask():
+    layer = _linear(0.5)
+    x = torch.randn(3, 6, requires_grad=True)
+    torch.manual_seed(5)
+    layer(x).pow(2).sum().backward()
+    expected = layer.weight.grad.clone()
+    layer.weight.grad = None
+    torch.manual_seed(5)
+    torch.utils.checkpoint.checkpoint(layer, x, use_reentrant=False).pow(2).sum().backward()
+    torch.testing.assert_close(layer.weight.grad, expected)

@@ -379,7 +379,8 @@ def predict(
     ``max_rows`` rows whose widest activation stays within :data:`ACTIVATION_BUDGET` elements), the
     deterministic prefix of a ``Sequential`` runs once, and torch's dropout runs on dropkit's seeded kernels.
     ``vectorize="auto"`` stacks unless a module in training mode mixes the batch (BatchNorm in training, where
-    stacking would change the result) and, when no ``seed`` is given, times one stacked chunk against one
+    stacking would change the result) or a layer draws one mask per batch (per-batch DropConnect, where the
+    stacked samples would share it) and, when no ``seed`` is given, times one stacked chunk against one
     single forward and keeps the faster (a timing-based choice would make seeded samples depend on the
     machine's speed, so seeded calls always stack); ``False`` runs a Python loop.
 
