@@ -90,7 +90,7 @@ def test_curriculum_keep_probability_formula():
     sched = DropoutScheduler(_model(), "curriculum", gamma=gamma)
     theta_bar = 1 - 0.5
     for t, rates in enumerate(_trace(sched, 10)):
-        theta = (1 - theta_bar) * math.exp(-gamma * t) + theta_bar  # Morerio et al. 2017, eq. (4)
+        theta = (1 - theta_bar) * math.exp(-gamma * t) + theta_bar  # Morerio et al. 2017
         assert rates["3"] == pytest.approx(1 - theta)
     sched = DropoutScheduler(_model(), "curriculum", total_steps=100)
     assert sched.gamma == pytest.approx(0.1)

@@ -749,6 +749,8 @@ def _drop_connect_conv(
 
 def _drop_connect_conv_doc(nd: int) -> str:
     layout = "(N, C_{in}, L)" if nd == 1 else "(N, C_{in}, H, W)"
+    x_shape, w_shape, taps = ("1, 1, 4", "1, 1, 2", 2) if nd == 1 else ("1, 1, 3, 3", "1, 1, 2, 2", 4)
+    values, plain = ([2.0] * 3, [2.0] * 3) if nd == 1 else ([2.0] * 4, [4.0] * 4)
     return rf"""Convolution with DropConnect on its kernel: ``conv{nd}d(input, drop_connect(weight), bias, ...)``.
 
     The first seven arguments are those of ``torch.nn.functional.conv{nd}d``. The kernel
@@ -779,6 +781,13 @@ def _drop_connect_conv_doc(nd: int) -> str:
 
     Raises:
         ValueError: If ``p`` is outside ``[0, 1]``.
+
+    Example:
+        >>> x, w = torch.ones({x_shape}), torch.ones({w_shape})  # one of the {taps} taps survives, scaled by 2
+        >>> drop_connect_conv{nd}d(x, w, p=0.5, seed=0).flatten().tolist()
+        {values}
+        >>> drop_connect_conv{nd}d(x, w, p=0.5, training=False).flatten().tolist()
+        {plain}
 
     References:
         Wan et al., "Regularization of Neural Networks using DropConnect", ICML 2013.
