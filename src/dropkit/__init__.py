@@ -6,9 +6,14 @@
 - :mod:`dropkit.mc` — Monte-Carlo dropout: ``mc_dropout(model)``, ``predict(model, x, samples=T)``.
 - :mod:`dropkit.metrics` — NLL, Brier, ECE (reliability data), AUROC.
 - :mod:`dropkit.surgery` — find, swap, re-rate and fold the dropout layers of any model.
+- :mod:`dropkit.schedule` — ``DropoutScheduler`` (constant, linear, early/late, curriculum), presets, ``widen``.
+- :mod:`dropkit.consistent` — ``frozen_masks``: replay the same masks across calls and batches, from seeds.
+- :mod:`dropkit.losses` — ``rdrop_loss``: R-Drop's consistency term between two dropout passes.
 """
 
-from . import functional, mc, metrics, nn, rng, surgery
+from . import consistent, functional, losses, mc, metrics, nn, rng, schedule, surgery
 
 __version__ = "0.1.0"
-__all__ = ["functional", "nn", "rng", "mc", "metrics", "surgery", "__version__"]
+__all__ = [
+    "functional", "nn", "rng", "mc", "metrics", "surgery", "schedule", "consistent", "losses", "__version__",
+]  # fmt: skip

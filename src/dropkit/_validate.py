@@ -136,3 +136,113 @@ def matching(op: str, name: str, tensor: object, shape: tuple[int, ...], like: t
         raise ShapeError(f"{op}: {name} must have shape {tuple(shape)}, but got {tuple(tensor.shape)}.")
     if tensor.device != like.device:
         raise ValueError(f"{op}: {name} must be on {like.device}, like the input, but got {tensor.device}.")
+
+
+# --- weight-level, learned and scheduled dropout (issue 4, items 3-7) -----------------------------------------------
+
+
+def count(op: str, name: str, value: object, minimum: int = 0) -> int:
+    """Return ``value`` if it is an int ``>= minimum`` (bools are refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise _fail(op, name, "an int", value, TypeError)
+    if int(value) < minimum:
+        raise _fail(op, name, f"an int >= {minimum}", value)
+    return int(value)
+
+
+def positive(op: str, name: str, value: object) -> float:
+    """Return ``value`` as a float if it is a finite real number ``> 0``."""
+    number = real(op, name, value)
+    if not (0.0 < number < math.inf):
+        raise _fail(op, name, "a finite number > 0", value)
+    return number
+
+
+def open_unit(op: str, name: str, value: object) -> float:
+    """Return ``value`` as a float if it lies in the open interval ``(0, 1)``."""
+    number = real(op, name, value)
+    if not (0.0 < number < 1.0):
+        raise _fail(op, name, "in (0, 1)", value)
+    return number
+
+
+def module(op: str, value: object, name: str = "module") -> None:
+    """Check that ``value`` (the argument ``name``) is a ``torch.nn.Module``."""
+    if not isinstance(value, torch.nn.Module):
+        raise _fail(op, name, "a torch.nn.Module", type(value).__name__, TypeError)
+
+
+def parameter_names(op: str, module: torch.nn.Module, names: object) -> tuple[str, ...]:
+    """Return ``names`` (a str or a sequence of str) as a tuple after checking each names a parameter of ``module``."""
+    names = (names,) if isinstance(names, str) else names
+    if not isinstance(names, (tuple, list)) or not names or not all(isinstance(n, str) for n in names):
+        raise _fail(op, "weights", "a non-empty sequence of parameter names", names, TypeError)
+    owned = dict(module.named_parameters())
+    for name in names:
+        if name not in owned:
+            raise ValueError(
+                f"{op}: module must have a parameter named {name!r}, but got {type(module).__name__} with "
+                f"parameters {sorted(owned)!r}."
+            )
+    return tuple(names)
+
+
+def tensor_pair(op: str, a: object, b: object) -> None:
+    """Check that ``a`` and ``b`` are floating-point tensors of the same shape."""
+    for name, value in (("logits1", a), ("logits2", b)):
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            shown = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
+            raise _fail(op, name, "a floating-point torch.Tensor", shown, TypeError)
+    if a.shape != b.shape:  # type: ignore[union-attr]
+        raise _fail(op, "logits2", f"of the same shape as logits1 {tuple(a.shape)}", tuple(b.shape))  # type: ignore
+
+
+def unit(op: str, name: str, value: object) -> float:
+    """Return ``value`` as a float if it lies in ``[0, 1]`` (NaN fails)."""
+    number = real(op, name, value)
+    if not (0.0 <= number <= 1.0):
+        raise _fail(op, name, "in [0, 1]", value)
+    return number
+
+
+def not_below(op: str, name: str, value: object, other_name: str, other: object) -> None:
+    """Raise ``ValueError`` unless ``value >= other`` (``name`` must be ``>= other_name``)."""
+    if not value >= other:  # type: ignore[operator]
+        raise _fail(op, name, f">= {other_name} ({other!r})", value)
+
+
+def required(op: str, name: str, value: object, expectation: str, context: str) -> None:
+    """Raise ``ValueError`` if an argument that ``context`` needs is ``None``."""
+    if value is None:
+        raise _fail(op, name, f"{expectation} {context}", None)
+
+
+def contains(op: str, model: object, found: bool, what: str) -> None:
+    """Raise ``ValueError`` if ``model`` holds no ``what`` (``found`` is false)."""
+    if not found:
+        raise ValueError(f"{op}: model must contain {what}, but got {type(model).__name__} with none.")
+
+
+def same_keys(op: str, name: str, got: object, expected: object) -> None:
+    """Raise ``ValueError`` if the sorted keys ``got`` differ from ``expected``."""
+    if sorted(got) != sorted(expected):  # type: ignore[call-overload]
+        raise _fail(op, name, f"the keys {sorted(expected)!r}", sorted(got))  # type: ignore[call-overload]
+
+
+def batched(op: str, name: str, value: object) -> None:
+    """Raise ``TypeError`` unless ``value`` is a tensor with at least one dimension."""
+    if not isinstance(value, torch.Tensor) or value.dim() == 0:
+        shown = "a 0-D tensor" if isinstance(value, torch.Tensor) else type(value).__name__
+        raise _fail(op, name, "a batched torch.Tensor (N, *)", shown, TypeError)
+
+
+def warn_here(message: str) -> None:
+    """Emit a ``UserWarning`` attributed to the line that called the caller (a ``with`` statement, a constructor)."""
+    warnings.warn(message, UserWarning, stacklevel=3)
+
+
+def bool_mask(op: str, name: str, value: object) -> None:
+    """Raise ``TypeError`` unless ``value`` is a bool tensor."""
+    if not isinstance(value, torch.Tensor) or value.dtype != torch.bool:
+        shown = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
+        raise _fail(op, name, "a bool torch.Tensor", shown, TypeError)

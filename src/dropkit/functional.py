@@ -102,7 +102,12 @@ def _threshold(p: float) -> int:
     return rng.keep_threshold(p)
 
 
+_seed_override = None  # set by dropkit.consistent.frozen_masks: a callable giving the seed of the current site
+
+
 def _seed(seed: int | None, generator: torch.Generator | None) -> int:
+    if seed is None and _seed_override is not None:  # frozen masks: one fixed seed per call site
+        return _seed_override()
     return int(seed) if seed is not None else rng.draw_seed(generator)
 
 
@@ -750,3 +755,440 @@ dropout_add_rms_norm.__doc__ = _norm_doc(
         >>> y.pow(2).mean(-1).allclose(torch.ones(4), atol=1e-4)
         True
 """
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Weight-level and learned dropout (issue 4, items 3-7): DropConnect, Concrete dropout, R-Drop.
+# ---------------------------------------------------------------------------------------------------------------------
+
+__all__ += [
+    "drop_connect",
+    "drop_connect_linear",
+    "drop_connect_conv1d",
+    "drop_connect_conv2d",
+]
+
+
+def _masked_weight(param: torch.Tensor, seed: int, offset: int, p: float, samples: int | None) -> torch.Tensor:
+    """Return ``param`` (or ``samples`` stacked copies of it) under an inverted dropout mask from ``(seed, offset)``."""
+    scale = 0.0 if p == 1.0 else 1.0 / (1.0 - p)
+    spec = MaskSpec(seed, offset, _threshold(p), scale)
+    if samples is not None:
+        param = param.unsqueeze(0).expand(samples, *param.shape).contiguous()
+    return _MaskedAffineFn.apply(param, spec, False)
+
+
+def _drop_connect_params(
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    p: float,
+    drop_bias: bool,
+    samples: int | None,
+    seed: int,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Masked weight and bias of one DropConnect call: one seed, the bias mask right after the weight's."""
+    w = _masked_weight(weight, seed, 0, p, samples)
+    if bias is not None and drop_bias:
+        bias = _masked_weight(bias, seed, w.numel(), p, samples)
+    return w, bias
+
+
+#: Elements of masked weight copies one per-sample DropConnect chunk materialises (16 MiB in fp32).
+PER_SAMPLE_CHUNK = 1 << 22
+
+
+def _per_sample_chunks(weight: torch.Tensor, seed: int, p: float, n: int, masked_weights: bool = True):
+    """Yield ``(start, stop, spec, masked)`` over chunks of samples, ``masked`` the ``(c, *W)`` masked weights.
+
+    Sample ``i``'s mask is the one ``drop_connect(weight, samples=n)`` gives it (offset ``i * weight.numel()``).
+    One buffer is reused for every chunk (fresh pages cost more than the masking itself); with
+    ``masked_weights=False`` it is yielded unfilled (a scratch buffer).
+    """
+    numel = weight.numel()
+    chunk = min(n, max(1, PER_SAMPLE_CHUNK // max(1, numel)))
+    scale = 0.0 if p == 1.0 else 1.0 / (1.0 - p)
+    buffer = weight.new_empty(chunk, *weight.shape)
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        masked = buffer[: stop - start]
+        spec = MaskSpec(seed, start * numel, _threshold(p), scale)
+        if masked_weights:
+            masked.copy_(weight.expand_as(masked))
+            kernels.apply(masked, spec, out=masked)
+        yield start, stop, spec, masked
+
+
+class _PerSampleLinearFn(torch.autograd.Function):
+    """``y[i] = x[i] (M_i ⊙ W)^T / (1-p)`` for every sample ``i``, in chunks, masks regenerated in backward.
+
+    Keeps ``x`` and ``W`` for backward, not the :math:`N` masked copies: memory O(chunk · W), not O(N · W).
+    Once differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, seed: int, p: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, weight)
+        ctx.seed, ctx.p = seed, p
+        out = x.new_empty(x.shape[0], x.shape[1], weight.shape[0])
+        for start, stop, _, masked in _per_sample_chunks(weight, seed, p, x.shape[0]):
+            torch.bmm(x[start:stop], masked.transpose(1, 2), out=out[start:stop])
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous()
+        dx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
+        dw = None
+        if ctx.needs_input_grad[1]:  # accumulated in float32 for half and bfloat16 weights
+            half = weight.dtype in (torch.float16, torch.bfloat16)
+            dw = torch.zeros_like(weight, dtype=torch.float32 if half else None)
+        for start, stop, spec, buffer in _per_sample_chunks(weight, ctx.seed, ctx.p, x.shape[0], dx is not None):
+            g = grad[start:stop]
+            if dx is not None:
+                torch.bmm(g, buffer, out=dx[start:stop])
+            if dw is not None:  # dW = sum_i M_i ⊙ (g_i^T x_i) / (1-p): the summed outer products, masked in place
+                if g.shape[1] == 1:  # one row per sample: the outer product is a broadcast multiply
+                    torch.mul(g.transpose(1, 2), x[start:stop], out=buffer)
+                else:
+                    torch.bmm(g.transpose(1, 2), x[start:stop], out=buffer)
+                dw += kernels.apply(buffer, spec.linear(), out=buffer).sum(0, dtype=dw.dtype)
+        return dx, (dw.to(weight.dtype) if dw is not None else None), None, None
+
+
+def drop_connect(
+    weight: torch.Tensor,
+    p: float = 0.5,
+    training: bool = True,
+    *,
+    samples: int | None = None,
+    keep: float | None = None,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    r"""Return a DropConnect sample of a weight tensor: each weight zeroed with probability ``p``.
+
+    In training :math:`\tilde W = (M \odot W) / (1 - p)` with :math:`M_{ij} \sim \mathrm{Bernoulli}(1 - p)`
+    (inverted scaling, so :math:`E[\tilde W] = W`); in eval (and at ``p = 0``) ``weight`` itself. Use the result
+    in place of the weight (``F.linear(x, drop_connect(w, 0.5), b)``); gradients reach ``weight`` through the
+    same mask (regenerated from its seed in backward, nothing of the weight's size is kept). With
+    ``samples=N`` it returns ``N`` independent samples stacked, shape :math:`(N, *)`, one per input row.
+
+    Args:
+        weight: Weight tensor of any shape.
+        p: Probability of zeroing a weight. Must satisfy ``0 <= p <= 1``. Default: ``0.5``.
+        training: Apply DropConnect if ``True``; return ``weight`` otherwise. Default: ``True``.
+        samples: Number of independent masks to stack (per-sample DropConnect), or ``None`` for one. Default:
+            ``None``.
+        keep: Keep probability, an alternative to ``p``. Default: ``None``.
+        seed: Explicit 64-bit seed. Default: ``None``.
+        generator: Generator to draw the seed from. Default: torch's global CPU generator.
+
+    Shape:
+        - Weight: :math:`(*)`.
+        - Output: :math:`(*)`, or :math:`(N, *)` with ``samples=N``.
+
+    Returns:
+        The masked weight, same dtype and device as ``weight``.
+
+    Raises:
+        ValueError: If ``p`` is outside ``[0, 1]`` or ``samples`` is not an int ``>= 0``.
+
+    Example:
+        >>> drop_connect(torch.tensor([[1.0, 2.0], [3.0, 4.0]]), p=0.5, seed=0)
+        tensor([[2., 0.],
+                [0., 0.]])
+        >>> drop_connect(torch.ones(2, 3), p=0.5, samples=4).shape
+        torch.Size([4, 2, 3])
+
+    References:
+        Wan et al., "Regularization of Neural Networks using DropConnect", ICML 2013.
+    """
+    op = "drop_connect"
+    p = _checked(op, p, keep, seed, generator)
+    if samples is not None:
+        samples = _validate.count(op, "samples", samples, minimum=0)
+    training = bool(training) or _forced_training
+    _validate.tensor_input(op, weight, training)
+    if not training or p == 0.0:
+        return weight if samples is None else weight.unsqueeze(0).expand(samples, *weight.shape)
+    return _masked_weight(weight, _seed(seed, generator), 0, p, samples)
+
+
+def drop_connect_linear(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    p: float = 0.5,
+    training: bool = True,
+    drop_bias: bool = False,
+    per_sample: bool = False,
+    keep: float | None = None,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    r"""Linear map with DropConnect on its weights: :math:`y = x \tilde W^\top + b`.
+
+    :math:`\tilde W = (M \odot W)/(1-p)`, :math:`M_{ij} \sim \mathrm{Bernoulli}(1-p)`, a fresh mask per call
+    (the bias too when ``drop_bias``, with its own mask). By default one mask serves the whole batch
+    (``per_sample=False``, the cheap form used in practice); ``per_sample=True`` draws one weight mask per
+    row of the batch, as in Wan et al.'s definition, and evaluates the rows as batched matmuls over chunks of
+    samples (:data:`PER_SAMPLE_CHUNK` masked weight elements at a time, regenerated in backward): the FLOPs
+    of the dense layer, but as :math:`N` matrix-vector products (memory-bound), plus
+    :math:`O(N \cdot \text{out} \cdot \text{in})` mask generation, twice; only ``input`` and ``weight`` are kept
+    for backward. The per-sample path is once differentiable. In eval the plain
+    weights are used (inverted scaling: :math:`E[\tilde W] = W`, the mean-field network, not the paper's
+    Gaussian moment-matching inference).
+
+    Args:
+        input: Input of shape :math:`(*, \text{in})`; with ``per_sample`` the first dimension is the batch.
+        weight: Weight of shape :math:`(\text{out}, \text{in})`.
+        bias: Optional bias of shape :math:`(\text{out})`. Default: ``None``.
+        p: Probability of zeroing a weight. Must satisfy ``0 <= p <= 1``. Default: ``0.5``.
+        training: Apply DropConnect if ``True``; a plain linear map otherwise. Default: ``True``.
+        drop_bias: Drop bias entries too. Default: ``False``.
+        per_sample: One weight mask per batch row instead of one per call. Default: ``False``.
+        keep: Keep probability, an alternative to ``p``. Default: ``None``.
+        seed: Explicit 64-bit seed. Default: ``None``.
+        generator: Generator to draw the seed from. Default: torch's global CPU generator.
+
+    Shape:
+        - Input: :math:`(*, \text{in})` (:math:`(N, *, \text{in})` or :math:`(\text{in})` with ``per_sample``).
+        - Output: :math:`(*, \text{out})`.
+
+    Returns:
+        The output tensor, as ``torch.nn.functional.linear`` gives.
+
+    Raises:
+        ValueError: If ``p`` is outside ``[0, 1]``.
+
+    Example:
+        >>> x, w = torch.ones(1, 3), torch.ones(2, 3)
+        >>> drop_connect_linear(x, w, p=0.5, seed=0)
+        tensor([[2., 2.]])
+        >>> drop_connect_linear(x, w, p=0.5, training=False)
+        tensor([[3., 3.]])
+
+    References:
+        Wan et al., "Regularization of Neural Networks using DropConnect", ICML 2013.
+    """
+    op = "drop_connect_linear"
+    p = _checked(op, p, keep, seed, generator)
+    training = bool(training) or _forced_training
+    _validate.tensor_input(op, input, training)
+    if not training or p == 0.0:
+        return torch.nn.functional.linear(input, weight, bias)
+    seed = _seed(seed, generator)
+    if not per_sample:
+        return torch.nn.functional.linear(input, *_drop_connect_params(weight, bias, p, drop_bias, None, seed))
+    rows = input.unsqueeze(0) if input.dim() == 1 else input
+    n = rows.shape[0]
+    if rows.numel() == 0:
+        return torch.nn.functional.linear(input, weight, bias)
+    y = _PerSampleLinearFn.apply(rows.reshape(n, -1, rows.shape[-1]), weight, seed, p)  # (N, L, out)
+    b = bias
+    if bias is not None and drop_bias:
+        b = _masked_weight(bias, seed, n * weight.numel(), p, n)
+    if b is not None:
+        y = y + (b.unsqueeze(1) if b.dim() == 2 else b)
+    y = y.reshape(*rows.shape[:-1], weight.shape[0])
+    return y.squeeze(0) if input.dim() == 1 else y
+
+
+_CONVS = {1: torch.nn.functional.conv1d, 2: torch.nn.functional.conv2d}
+
+
+def _drop_connect_conv(
+    op: str,
+    nd: int,
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride,
+    padding,
+    dilation,
+    groups: int,
+    p: float,
+    training: bool,
+    drop_bias: bool,
+    per_sample: bool,
+    keep: float | None,
+    seed: int | None,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    conv = _CONVS[nd]
+    p = _checked(op, p, keep, seed, generator)
+    training = bool(training) or _forced_training
+    _validate.tensor_input(op, input, training)
+    if not training or p == 0.0:
+        return conv(input, weight, bias, stride, padding, dilation, groups)
+    seed = _seed(seed, generator)
+    if not per_sample:
+        w, b = _drop_connect_params(weight, bias, p, drop_bias, None, seed)
+        return conv(input, w, b, stride, padding, dilation, groups)
+    batched = input.dim() == nd + 2
+    rows = input if batched else input.unsqueeze(0)
+    n = rows.shape[0]
+    if rows.numel() == 0:
+        return conv(input, weight, bias, stride, padding, dilation, groups)
+    # grouped-convolution trick: the N samples become N·groups groups of one convolution
+    w, b = _drop_connect_params(weight, bias, p, drop_bias, n, seed)
+    if b is not None:
+        b = b.reshape(-1) if b.dim() == 2 else b.repeat(n)
+    x = rows.reshape(1, -1, *rows.shape[2:])
+    y = conv(x, w.reshape(-1, *w.shape[2:]), b, stride, padding, dilation, groups * n)
+    y = y.reshape(n, weight.shape[0], *y.shape[2:])
+    return y if batched else y.squeeze(0)
+
+
+def _drop_connect_conv_doc(nd: int) -> str:
+    layout = "(N, C_{in}, L)" if nd == 1 else "(N, C_{in}, H, W)"
+    x_shape, w_shape, taps = ("1, 1, 4", "1, 1, 2", 2) if nd == 1 else ("1, 1, 3, 3", "1, 1, 2, 2", 4)
+    values, plain = ([2.0] * 3, [2.0] * 3) if nd == 1 else ([2.0] * 4, [4.0] * 4)
+    return rf"""Convolution with DropConnect on its kernel: ``conv{nd}d(input, drop_connect(weight), bias, ...)``.
+
+    The first seven arguments are those of ``torch.nn.functional.conv{nd}d``. The kernel
+    :math:`\tilde W = (M \odot W)/(1-p)` gets a fresh Bernoulli(1 - p) mask per call, shared by the batch
+    (``per_sample=False``), or one mask per sample (``per_sample=True``): the :math:`N` masked kernels run as
+    one grouped convolution with :math:`N \cdot \text{{groups}}` groups, costing :math:`N` kernel copies of memory
+    and grouped-conv speed (slower than a dense conv on most backends; a loop would be slower still for
+    small inputs). The bias gets its own mask when ``drop_bias``. Eval uses the plain kernel.
+
+    Args:
+        input: Input of shape :math:`{layout}` or unbatched.
+        weight: Kernel, as for ``conv{nd}d``.
+        bias: Optional bias :math:`(C_{{out}})`. Default: ``None``.
+        stride: As for ``conv{nd}d``. Default: ``1``.
+        padding: As for ``conv{nd}d`` (int, tuple, ``"same"`` or ``"valid"``). Default: ``0``.
+        dilation: As for ``conv{nd}d``. Default: ``1``.
+        groups: As for ``conv{nd}d``. Default: ``1``.
+        p: Probability of zeroing a kernel weight. Must satisfy ``0 <= p <= 1``. Default: ``0.5``.
+        training: Apply DropConnect if ``True``; a plain convolution otherwise. Default: ``True``.
+        drop_bias: Drop bias entries too. Default: ``False``.
+        per_sample: One kernel mask per sample instead of one per call. Default: ``False``.
+        keep: Keep probability, an alternative to ``p``. Default: ``None``.
+        seed: Explicit 64-bit seed. Default: ``None``.
+        generator: Generator to draw the seed from. Default: torch's global CPU generator.
+
+    Returns:
+        The convolution's output, as ``torch.nn.functional.conv{nd}d`` gives.
+
+    Raises:
+        ValueError: If ``p`` is outside ``[0, 1]``.
+
+    Example:
+        >>> x, w = torch.ones({x_shape}), torch.ones({w_shape})  # one of the {taps} taps survives, scaled by 2
+        >>> drop_connect_conv{nd}d(x, w, p=0.5, seed=0).flatten().tolist()
+        {values}
+        >>> drop_connect_conv{nd}d(x, w, p=0.5, training=False).flatten().tolist()
+        {plain}
+
+    References:
+        Wan et al., "Regularization of Neural Networks using DropConnect", ICML 2013.
+    """
+
+
+def _drop_connect_conv_op(nd: int):
+    op = f"drop_connect_conv{nd}d"
+
+    def drop_connect_conv(
+        input: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups: int = 1,
+        *,
+        p: float = 0.5,
+        training: bool = True,
+        drop_bias: bool = False,
+        per_sample: bool = False,
+        keep: float | None = None,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        return _drop_connect_conv(
+            op, nd, input, weight, bias, stride, padding, dilation, groups,
+            p, training, drop_bias, per_sample, keep, seed, generator,
+        )  # fmt: skip
+
+    drop_connect_conv.__name__ = drop_connect_conv.__qualname__ = op
+    drop_connect_conv.__doc__ = _drop_connect_conv_doc(nd)
+    return drop_connect_conv
+
+
+drop_connect_conv1d = _drop_connect_conv_op(1)
+drop_connect_conv2d = _drop_connect_conv_op(2)
+
+
+__all__ += ["concrete_dropout"]
+
+
+def concrete_dropout(
+    input: torch.Tensor,
+    p_logit: torch.Tensor | float,
+    temperature: float = 0.1,
+    training: bool = True,
+    *,
+    eps: float = 1e-7,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    r"""Concrete (relaxed Bernoulli) dropout with a learnable drop probability :math:`p = \sigma(\text{p\_logit})`.
+
+    With :math:`u \sim U(0, 1)` per element (dropkit's seeded generator) the relaxed drop mask is
+
+    .. math::
+
+        z = \sigma\!\Big(\frac{\log(p + \epsilon) - \log(1 - p + \epsilon) + \log(u + \epsilon)
+            - \log(1 - u + \epsilon)}{t}\Big), \qquad y = \frac{x \odot (1 - z)}{1 - p}
+
+    exactly as the authors' code, so :math:`y` is differentiable in :math:`p` (and in :math:`x`); as the
+    temperature :math:`t \to 0` it becomes inverted Bernoulli dropout. Identity in eval.
+
+    Args:
+        input: Tensor of any shape.
+        p_logit: Logit of the drop probability: a tensor broadcastable to ``input`` (usually one element, a
+            ``Parameter``) or a float.
+        temperature: Temperature :math:`t > 0` of the relaxation. Default: ``0.1``.
+        training: Apply the relaxed mask if ``True``; identity otherwise. Default: ``True``.
+        eps: The :math:`\epsilon` of the logs. Default: ``1e-7`` (Keras' epsilon, as the reference).
+        seed: Explicit 64-bit seed of the uniforms. Default: ``None``.
+        generator: Generator to draw the seed from. Default: torch's global CPU generator.
+
+    Shape:
+        - Input: :math:`(*)`.
+        - Output: same as input.
+
+    Returns:
+        Tensor with the shape of ``input``.
+
+    Raises:
+        ValueError: If ``temperature`` is not a finite number ``> 0``.
+
+    Example:
+        >>> y = concrete_dropout(torch.ones(2, 3), torch.tensor(0.0), seed=0)
+        >>> y.shape, bool(((y >= 0) & (y <= 2)).all())
+        (torch.Size([2, 3]), True)
+
+    References:
+        Gal, Hron and Kendall, "Concrete Dropout", NeurIPS 2017, https://arxiv.org/abs/1705.07832
+        (code: https://github.com/yaringal/ConcreteDropout).
+    """
+    op = "concrete_dropout"
+    temperature = _validate.positive(op, "temperature", temperature)
+    _validate.seed_source(op, seed, generator)
+    training = bool(training) or _forced_training
+    _validate.tensor_input(op, input, training)
+    if not training or input.numel() == 0:
+        return input
+    opmath = torch.float32 if input.dtype in (torch.float16, torch.bfloat16) else input.dtype  # eps underflows in half
+    p = torch.sigmoid(torch.as_tensor(p_logit, device=input.device).to(opmath))
+    u = rng.uniform(input.shape, _seed(seed, generator), device=input.device).to(opmath)
+    drop = torch.sigmoid(
+        (torch.log(p + eps) - torch.log(1.0 - p + eps) + torch.log(u + eps) - torch.log(1.0 - u + eps)) / temperature
+    )
+    return (input.to(opmath) * (1.0 - drop) / (1.0 - p)).to(input.dtype)

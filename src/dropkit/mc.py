@@ -50,7 +50,7 @@ DROPKIT_NOISE: tuple[type[nn.Module], ...] = (dnn.GaussianDropout, dnn.GaussianN
 #: Third-party stochastic layers, matched by class name (timm, torchvision and common DropConnect spellings).
 STOCHASTIC_CLASS_NAMES = frozenset(
     {"DropPath", "StochasticDepth", "DropBlock2d", "DropBlock3d", "DropBlock", "DropConnect", "DropConnectLinear",
-     "WeightDrop", "GaussianDropout", "GaussianNoise", "ConcreteDropout"}
+     "DropConnectConv1d", "DropConnectConv2d", "WeightDrop", "GaussianDropout", "GaussianNoise", "ConcreteDropout"}
 )  # fmt: skip
 #: torch modules whose eval-mode fast path skips their dropout submodules: they must be in training mode.
 TORCH_FAST_PATHS: tuple[type[nn.Module], ...] = (
@@ -379,7 +379,8 @@ def predict(
     ``max_rows`` rows whose widest activation stays within :data:`ACTIVATION_BUDGET` elements), the
     deterministic prefix of a ``Sequential`` runs once, and torch's dropout runs on dropkit's seeded kernels.
     ``vectorize="auto"`` stacks unless a module in training mode mixes the batch (BatchNorm in training, where
-    stacking would change the result) and, when no ``seed`` is given, times one stacked chunk against one
+    stacking would change the result) or a layer draws one mask per batch (per-batch DropConnect, where the
+    stacked samples would share it) and, when no ``seed`` is given, times one stacked chunk against one
     single forward and keeps the faster (a timing-based choice would make seeded samples depend on the
     machine's speed, so seeded calls always stack); ``False`` runs a Python loop.
 
@@ -440,5 +441,13 @@ _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm
 
 
 def _mixes_batch(model: nn.Module) -> bool:
-    """Whether a module that couples the rows of a batch is in training mode (BatchNorm using batch statistics)."""
-    return any(isinstance(m, _BATCH_NORMS) and m.training for m in model.modules())
+    """Whether stacking samples in the batch would change them.
+
+    True when a module couples the rows of a batch (BatchNorm in training, using batch statistics) or draws
+    one mask for the whole batch (per-batch DropConnect: ``shares_mask_across_batch``), which would give every
+    stacked sample the same mask.
+    """
+    return any(
+        (isinstance(m, _BATCH_NORMS) and m.training) or getattr(m, "shares_mask_across_batch", False)
+        for m in model.modules()
+    )

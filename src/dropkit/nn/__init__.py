@@ -1,5 +1,6 @@
 """dropkit Modules: one file per family, each a thin shell over :mod:`dropkit.functional`."""
 
+from .concrete import ConcreteDropout, concrete_regularization
 from .dropout import (
     AlphaDropout,
     Dropout,
@@ -11,6 +12,7 @@ from .dropout import (
     GaussianNoise,
 )
 from .fused import BiasDropoutAdd, DropoutAddLayerNorm, DropoutAddRMSNorm
+from .weights import DropConnect, DropConnectConv1d, DropConnectConv2d, DropConnectLinear
 
 __all__ = [
     "Dropout",
@@ -24,4 +26,10 @@ __all__ = [
     "DropoutAddLayerNorm",
     "DropoutAddRMSNorm",
     "BiasDropoutAdd",
+    "DropConnect",
+    "DropConnectLinear",
+    "DropConnectConv1d",
+    "DropConnectConv2d",
+    "ConcreteDropout",
+    "concrete_regularization",
 ]
