@@ -10,6 +10,7 @@ from .dropout import (
     GaussianDropout,
     GaussianNoise,
 )
+from .structured import DropBlock1d, DropBlock2d, DropBlock3d, DropBlockScheduler, DropPath, StochasticDepth
 
 __all__ = [
     "Dropout",
@@ -20,4 +21,10 @@ __all__ = [
     "FeatureAlphaDropout",
     "GaussianDropout",
     "GaussianNoise",
+    "StochasticDepth",
+    "DropPath",
+    "DropBlock1d",
+    "DropBlock2d",
+    "DropBlock3d",
+    "DropBlockScheduler",
 ]
