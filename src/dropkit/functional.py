@@ -788,6 +788,8 @@ class _BlockDropFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, spec: MaskSpec, block: tuple, inplace: bool) -> torch.Tensor:  # type: ignore[override]
         ctx.spec, ctx.block = spec, block
+        if inplace:
+            ctx.mark_dirty(x)
         return _block_apply(x, spec, block, inplace)
 
     @staticmethod
@@ -804,18 +806,19 @@ def _block_apply(x: torch.Tensor, spec: MaskSpec, block: tuple, inplace: bool) -
     keep = _block_keep(spec, block_size, tuple(x.shape), couple, x.device)
     if spec.scale == 0.0:  # p == 1: everything dropped
         keep = torch.zeros_like(keep)
-    opmath = torch.float64 if x.dtype == torch.float64 else torch.float32
+    low = x.dtype in (torch.float16, torch.bfloat16)
+    opmath = torch.float32 if low else x.dtype
     if scale_by_keep:
         # torchvision's normalisation numel / (eps + kept), counted exactly in integers
-        scale = torch.tensor(keep.numel(), dtype=opmath, device=x.device) / (keep.sum().to(opmath) + eps)
+        real = torch.float64 if x.dtype in (torch.float64, torch.complex128) else torch.float32
+        scale = torch.tensor(keep.numel(), dtype=real, device=x.device) / (keep.sum().to(real) + eps)
     else:
         scale = None
-    if inplace:
-        if scale is not None:
-            x.mul_(scale.to(x.dtype) if x.dtype != opmath else scale)
-        return x.masked_fill_(~keep, 0)
+    if inplace and (scale is None or not low):
+        return (x if scale is None else x.mul_(scale)).masked_fill_(~keep, 0)
     y = x.to(opmath) * scale if scale is not None else x.clone()
-    return y.masked_fill_(~keep, 0).to(x.dtype)
+    y = y.masked_fill_(~keep, 0).to(x.dtype)
+    return x.copy_(y) if inplace else y  # half/bfloat16 in place: the same rounding as out of place
 
 
 def _drop_block(

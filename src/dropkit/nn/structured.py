@@ -108,7 +108,7 @@ class DropPath(_SeededMixin, nn.Module):
 class _DropBlockNd(_SeededMixin, nn.Module):
     """Constructor, forward and repr shared by DropBlock1d/2d/3d (torchvision's arguments, extras keyword-only)."""
 
-    _functional = staticmethod(F.drop_block2d)
+    _op = "drop_block2d"
 
     def __init__(
         self,
@@ -134,7 +134,8 @@ class _DropBlockNd(_SeededMixin, nn.Module):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         """Drop blocks in training; identity in eval."""
-        return self._functional(
+        # looked up by name at call time, so torch.fx's wrapping of the op (a leaf in traced graphs) applies
+        return getattr(F, self._op)(
             input,
             self.p,
             self.block_size,
@@ -176,7 +177,7 @@ class DropBlock1d(_DropBlockNd):
         torch.Size([2, 4, 16])
     """
 
-    _functional = staticmethod(F.drop_block1d)
+    _op = "drop_block1d"
 
 
 class DropBlock2d(_DropBlockNd):
@@ -202,7 +203,7 @@ class DropBlock2d(_DropBlockNd):
         torch.Size([2, 4, 8, 8])
     """
 
-    _functional = staticmethod(F.drop_block2d)
+    _op = "drop_block2d"
 
 
 class DropBlock3d(_DropBlockNd):
@@ -225,7 +226,7 @@ class DropBlock3d(_DropBlockNd):
         torch.Size([1, 2, 4, 4, 4])
     """
 
-    _functional = staticmethod(F.drop_block3d)
+    _op = "drop_block3d"
 
 
 class DropBlockScheduler:
