@@ -686,7 +686,8 @@ def drop_path_residual(
 
     With per-sample keep draws :math:`m_n \sim \mathrm{Bernoulli}(1 - p)` (the same mask :func:`drop_path`
     draws for the same seed), the kept rows :math:`K = \{n : m_n = 1\}` are gathered, the branch runs on them
-    alone, and its output is added back, scaled by :math:`1/(1-p)` (``scale_by_keep``):
+    alone, and its output is added back (``index_put`` with accumulation), scaled by :math:`1/(1-p)`
+    (``scale_by_keep``):
 
     .. math:: y_n = x_n + \frac{[n \in K]}{1 - p}\, f(x_K)_n
 
@@ -748,10 +749,13 @@ def drop_path_residual(
     spec = MaskSpec(_seed(seed, generator), 0, _threshold(p), 1.0, mask_dims=1)
     keep = kernels.keep_mask(spec, (input.shape[0],), input.device)
     kept = keep.nonzero().squeeze(1)
-    out = branch(input.index_select(0, kept))
+    out = branch(input[kept])
     _validate.same_shape(op, "branch(input)", out.shape, (kept.numel(),) + tuple(input.shape[1:]))
-    scale = 1.0 / (1.0 - p) if (scale_by_keep and p < 1.0) else 1.0
-    return torch.index_add(input, 0, kept, out.to(input.dtype), alpha=scale)
+    out = out.to(input.dtype)
+    if scale_by_keep and p < 1.0:
+        out = out * (1.0 / (1.0 - p))
+    # index_put with accumulate (backward: grad[kept]) is several times faster on CPU than index_add / index_select
+    return input.index_put((kept,), out, accumulate=True)
 
 
 # ------------------------------------------------------------------------------------------------------- DropBlock
