@@ -246,3 +246,75 @@ def bool_mask(op: str, name: str, value: object) -> None:
     if not isinstance(value, torch.Tensor) or value.dtype != torch.bool:
         shown = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
         raise _fail(op, name, "a bool torch.Tensor", shown, TypeError)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# structured dropout (stochastic depth, DropPath, DropBlock): issue 4, items 1-2
+
+
+def flag(op: str, name: str, value: object) -> bool:
+    """Return ``value`` if it is a bool (or a numpy/torch bool scalar), else raise ``TypeError``."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype == torch.bool:
+        value = bool(value.item())
+    if type(value).__name__ == "bool_":  # numpy's bool
+        value = bool(value)
+    if not isinstance(value, bool):
+        raise _fail(op, name, "a bool", value, TypeError)
+    return value
+
+
+def positive_int(op: str, name: str, value: object) -> int:
+    """Return ``value`` as an int if it is an integer ``>= 1`` (bools are refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise _fail(op, name, "an int", value, TypeError)
+    if int(value) < 1:
+        raise _fail(op, name, "an int >= 1", value)
+    return int(value)
+
+
+def exact_rank(op: str, x: torch.Tensor, ndim: int, layout: str, hint: str = "") -> None:
+    """Raise ``ShapeError`` unless ``x`` has exactly ``ndim`` dimensions (``layout`` names them)."""
+    if x.dim() != ndim:
+        raise ShapeError(f"{op}: input must be a {ndim}-D tensor {layout}, but got a {x.dim()}-D input.{hint}")
+
+
+def has_batch_dim(op: str, x: torch.Tensor, hint: str = "") -> None:
+    """Raise ``ShapeError`` if ``x`` has no batch dimension (a 0-D tensor)."""
+    if x.dim() < 1:
+        raise ShapeError(f"{op}: input must have a batch dimension (N, *), but got a 0-D input.{hint}")
+
+
+def block_fits(op: str, block_size: int, spatial: tuple[int, ...]) -> None:
+    """Raise ``ValueError`` if a ``block_size`` block does not fit in the spatial dimensions ``spatial``."""
+    smallest = min(spatial)
+    if block_size > smallest:
+        raise ValueError(
+            f"{op}: block_size must be <= the smallest spatial dimension of the input ({smallest}, of spatial "
+            f"shape {tuple(spatial)}), but got {block_size}."
+        )
+
+
+def depths(op: str, value: object) -> tuple[tuple[int, ...], bool]:
+    """Return ``(depths, staged)``: an int gives one stage (``staged=False``), a sequence one int ``>= 0`` per stage."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        if int(value) < 0:
+            raise _fail(op, "depths", "an int >= 0 or a sequence of them", value)
+        return (int(value),), False
+    if isinstance(value, torch.Size) or isinstance(value, (list, tuple)):
+        items = tuple(value)
+        if all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and int(d) >= 0 for d in items):
+            return tuple(int(d) for d in items), True
+        raise _fail(op, "depths", "an int >= 0 or a sequence of them", value)
+    raise _fail(op, "depths", "an int or a sequence of ints", value, TypeError)
+
+
+def same_shape(op: str, name: str, got: torch.Size, expected: torch.Size) -> None:
+    """Raise ``ValueError`` if a computed tensor's shape differs from the one required."""
+    if tuple(got) != tuple(expected):
+        raise ValueError(f"{op}: {name} must have shape {tuple(expected)}, but got {tuple(got)}.")
+
+
+def callable_(op: str, name: str, value: object) -> None:
+    """Raise ``TypeError`` if ``value`` is not callable."""
+    if not callable(value):
+        raise _fail(op, name, "callable", type(value).__name__, TypeError)

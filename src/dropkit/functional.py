@@ -1192,3 +1192,528 @@ def concrete_dropout(
         (torch.log(p + eps) - torch.log(1.0 - p + eps) + torch.log(u + eps) - torch.log(1.0 - u + eps)) / temperature
     )
     return (input.to(opmath) * (1.0 - drop) / (1.0 - p)).to(input.dtype)
+
+
+# =============================================================================================================
+# Structured dropout: stochastic depth, DropPath, DropBlock (issue 4, items 1-2).
+#
+# Stochastic depth and DropPath are dropout with a per-sample (or per-batch) mask: MaskSpec with mask_dims=1
+# (or 0) on the shared masked-affine Function, so backward regenerates the mask and keeps nothing. DropBlock
+# draws block seeds ("centres") with the same RNG core, grows them into blocks with a max-pool, and regenerates
+# the block mask in backward from its seed as well.
+# =============================================================================================================
+
+__all__ += [
+    "stochastic_depth",
+    "drop_path",
+    "drop_path_rates",
+    "drop_path_residual",
+    "drop_block1d",
+    "drop_block2d",
+    "drop_block3d",
+]
+
+STOCHASTIC_DEPTH_MODES = ("batch", "row")
+DEPTH_RULES = ("linear", "stage", "uniform")
+
+
+def _per_sample(
+    op: str,
+    input: torch.Tensor,
+    p: float,
+    training: bool,
+    scale: bool,
+    seed: int | None,
+    generator: torch.Generator | None,
+    mask_dims: int,
+) -> torch.Tensor:
+    """Shared body of stochastic_depth and drop_path: one Bernoulli(1 - p) draw per leading-``mask_dims`` index."""
+    training = bool(training) or _forced_training
+    _validate.tensor_input(op, input, training)
+    if mask_dims == 1:
+        hint = " Stochastic depth drops whole samples of a batch; use mode='batch' or dropout()."
+        _validate.has_batch_dim(op, input, hint)
+    if not training or p == 0.0 or input.numel() == 0:
+        return input
+    factor = 0.0 if p == 1.0 else (1.0 / (1.0 - p) if scale else 1.0)
+    spec = MaskSpec(_seed(seed, generator), 0, _threshold(p), factor, mask_dims=mask_dims)
+    return _MaskedAffineFn.apply(input, spec, False)
+
+
+def stochastic_depth(
+    input: torch.Tensor,
+    p: float,
+    mode: str = "row",
+    training: bool = True,
+    *,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    r"""Randomly zero whole samples (``mode="row"``) or the whole batch (``mode="batch"``) of a residual branch.
+
+    Stochastic depth (Huang et al. 2016) skips a residual block's branch at random during training:
+    :math:`y = x \cdot m / (1 - p)` with :math:`m \sim \mathrm{Bernoulli}(1 - p)` drawn once per sample (noise
+    shape :math:`(N, 1, \ldots, 1)`) or once for the whole input (noise shape :math:`(1, \ldots, 1)`), so
+    :math:`E[y] = x`. Identity in eval and when ``p = 0``; ``p = 1`` gives exact zeros. Apply it to the branch
+    output before the residual addition: ``x + stochastic_depth(f(x), p, "row", self.training)``.
+    Drop-in for ``torchvision.ops.stochastic_depth`` (same arguments and order; ``mode`` defaults to ``"row"``
+    here). The mask is regenerated in backward from its seed: nothing of the input's size is kept.
+
+    Args:
+        input: Tensor of shape :math:`(N, *)` (any rank ``>= 1``; any rank for ``mode="batch"``).
+        p: Probability of zeroing a sample (or the batch). Must satisfy ``0 <= p <= 1``.
+        mode: ``"row"`` (one draw per sample) or ``"batch"`` (one draw for the input). Default: ``"row"``.
+        training: Apply stochastic depth if ``True``; identity otherwise. Default: ``True``.
+        seed: Explicit 64-bit seed; the same seed gives the same mask. Default: ``None``.
+        generator: Generator to draw the seed from. Default: torch's global CPU generator.
+
+    Shape:
+        - Input: :math:`(N, *)`.
+        - Output: same as input.
+
+    Returns:
+        Tensor with the same shape, dtype and device as ``input`` (``input`` itself in eval or at ``p = 0``).
+
+    Raises:
+        ValueError: If ``p`` is outside ``[0, 1]``, ``mode`` is unknown, or ``mode="row"`` gets a 0-D input.
+        TypeError: If ``input`` is not floating point in training.
+
+    Example:
+        >>> stochastic_depth(torch.ones(4, 2), p=0.5, mode="row", seed=0)
+        tensor([[2., 2.],
+                [0., 0.],
+                [0., 0.],
+                [0., 0.]])
+        >>> stochastic_depth(torch.ones(2), p=0.5, training=False)
+        tensor([1., 1.])
+
+    References:
+        Huang et al., "Deep Networks with Stochastic Depth", ECCV 2016, https://arxiv.org/abs/1603.09382
+    """
+    op = "stochastic_depth"
+    p = _validate.probability(op, p)
+    _validate.choice(op, "mode", mode, STOCHASTIC_DEPTH_MODES)
+    _validate.seed_source(op, seed, generator)
+    return _per_sample(op, input, p, training, True, seed, generator, mask_dims=1 if mode == "row" else 0)
+
+
+def drop_path(
+    input: torch.Tensor,
+    p: float = 0.0,
+    training: bool = False,
+    scale_by_keep: bool = True,
+    *,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    r"""Drop paths per sample: zero each sample's residual branch with probability ``p`` (timm's ``drop_path``).
+
+    Each sample :math:`n` of the batch gets one draw :math:`m_n \sim \mathrm{Bernoulli}(1 - p)` and becomes
+    :math:`m_n x_n / (1 - p)` (``scale_by_keep=True``) or :math:`m_n x_n` (``scale_by_keep=False``). This is
+    stochastic depth in ``"row"`` mode with timm's argument order and defaults — note ``training`` defaults to
+    ``False``, as in timm, so pass ``self.training``. ``p = 1`` gives exact zeros. To skip computing the
+    dropped samples' branch altogether, see :func:`drop_path_residual`.
+
+    Args:
+        input: Branch output of shape :math:`(N, *)`, rank ``>= 1``.
+        p: Probability of dropping a sample's path. Must satisfy ``0 <= p <= 1``. Default: ``0.0``.
+        training: Apply drop path if ``True``; identity otherwise. Default: ``False`` (as timm).
+        scale_by_keep: Scale kept samples by :math:`1/(1-p)`. Default: ``True``.
+        seed: Explicit 64-bit seed; the same seed gives the same mask. Default: ``None``.
+        generator: Generator to draw the seed from. Default: torch's global CPU generator.
+
+    Shape:
+        - Input: :math:`(N, *)`.
+        - Output: same as input.
+
+    Returns:
+        Tensor with the same shape, dtype and device as ``input``.
+
+    Raises:
+        ValueError: If ``p`` is outside ``[0, 1]`` or ``input`` is 0-D.
+        TypeError: If ``input`` is not floating point in training, or ``scale_by_keep`` is not a bool.
+
+    Example:
+        >>> drop_path(torch.ones(4, 2), p=0.5, training=True, seed=0)
+        tensor([[2., 2.],
+                [0., 0.],
+                [0., 0.],
+                [0., 0.]])
+        >>> drop_path(torch.ones(4, 2), p=0.5, training=True, scale_by_keep=False, seed=0)[0]
+        tensor([1., 1.])
+
+    References:
+        Larsson et al., "FractalNet: Ultra-Deep Neural Networks without Residuals", ICLR 2017;
+        Huang et al., "Deep Networks with Stochastic Depth", ECCV 2016; timm ``timm/layers/drop.py``.
+    """
+    op = "drop_path"
+    p = _validate.probability(op, p, default=0.0)
+    scale_by_keep = _validate.flag(op, "scale_by_keep", scale_by_keep)
+    _validate.seed_source(op, seed, generator)
+    return _per_sample(op, input, p, training, scale_by_keep, seed, generator, mask_dims=1)
+
+
+def drop_path_rates(
+    max_rate: float, depths: int | list[int] | tuple[int, ...], *, rule: str = "linear", flat: bool = False
+) -> list[float] | list[list[float]]:
+    r"""Return the drop-path rate of every block of a staged network: the depth rule of stochastic depth.
+
+    ``rule="linear"`` (default) grows the rate linearly from ``0`` at the first block to ``max_rate`` at the last,
+    over all :math:`L = \sum_s d_s` blocks: block :math:`l` gets :math:`\text{max\_rate} \cdot l / (L - 1)`,
+    computed exactly as timm does (``torch.linspace(0, max_rate, L)``, so the values match timm's bit for bit,
+    float32 rounding included). ``rule="stage"`` gives every block of stage :math:`s` of :math:`S` the same
+    rate :math:`\text{max\_rate} \cdot s / (S - 1)` (``max_rate`` for one stage); ``rule="uniform"`` gives every
+    block ``max_rate`` (the paper's constant baseline).
+
+    Args:
+        max_rate: Rate of the deepest block, ``0 <= max_rate <= 1`` (timm's ``drop_path_rate``).
+        depths: Blocks per stage (a sequence of ints ``>= 0``), or one int for a single stack of blocks.
+        rule: ``"linear"``, ``"stage"`` or ``"uniform"`` (keyword-only). Default: ``"linear"``.
+        flat: Return one flat list even when ``depths`` is a sequence (keyword-only). Default: ``False``.
+
+    Returns:
+        A list of ``sum(depths)`` floats when ``depths`` is an int or ``flat=True``; otherwise one list per stage.
+
+    Raises:
+        ValueError: If ``max_rate`` is outside ``[0, 1]``, a depth is negative, or ``rule`` is unknown.
+        TypeError: If ``depths`` is neither an int nor a sequence of ints.
+
+    Example:
+        >>> drop_path_rates(0.3, [1, 2])
+        [[0.0], [0.15000000596046448, 0.30000001192092896]]
+        >>> drop_path_rates(0.2, 3)
+        [0.0, 0.10000000149011612, 0.20000000298023224]
+        >>> drop_path_rates(0.2, [2, 1], rule="stage")
+        [[0.0, 0.0], [0.2]]
+
+    References:
+        Huang et al., "Deep Networks with Stochastic Depth", ECCV 2016 (linear decay rule);
+        timm ``VisionTransformer`` / ``ConvNeXt`` (``torch.linspace(0, drop_path_rate, sum(depths))``).
+    """
+    op = "drop_path_rates"
+    max_rate = _validate.probability(op, max_rate)
+    _validate.choice(op, "rule", rule, DEPTH_RULES)
+    flat = _validate.flag(op, "flat", flat)
+    stages, staged = _validate.depths(op, depths)
+    if rule == "linear":
+        rates = torch.linspace(0, max_rate, sum(stages)).tolist()
+    elif rule == "uniform":
+        rates = [max_rate] * sum(stages)
+    else:
+        per_stage = [max_rate * s / (len(stages) - 1) if len(stages) > 1 else max_rate for s in range(len(stages))]
+        rates = [rate for rate, depth in zip(per_stage, stages, strict=True) for _ in range(depth)]
+    if flat or not staged:
+        return rates
+    out, start = [], 0
+    for depth in stages:
+        out.append(rates[start : start + depth])
+        start += depth
+    return out
+
+
+def drop_path_residual(
+    input: torch.Tensor,
+    branch,
+    p: float = 0.0,
+    training: bool = True,
+    *,
+    scale_by_keep: bool = True,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    r"""Return ``input + drop_path(branch(input), p)``, running ``branch`` only on the samples that are kept.
+
+    With per-sample keep draws :math:`m_n \sim \mathrm{Bernoulli}(1 - p)` (the same mask :func:`drop_path`
+    draws for the same seed), the kept rows :math:`K = \{n : m_n = 1\}` are gathered, the branch runs on them
+    alone, and its output is added back (``index_put`` with accumulation), scaled by :math:`1/(1-p)`
+    (``scale_by_keep``):
+
+    .. math:: y_n = x_n + \frac{[n \in K]}{1 - p}\, f(x_K)_n
+
+    so the branch's compute and activation memory shrink by the factor :math:`1 - p` while values and gradients
+    are those of the multiply-by-zero form ``x + drop_path(f(x))`` (for a branch that treats samples
+    independently: no BatchNorm in training, no cross-sample attention). This is the subset trick of DINOv2's
+    ``drop_add_residual_stochastic_depth``, with Bernoulli draws instead of a fixed-size random subset so it is
+    exactly DropPath. In eval (or at ``p = 0``) it is ``input + branch(input)``. When no sample is kept, the
+    branch still runs, on an empty batch, so its parameters get zero gradients rather than none.
+
+    Args:
+        input: Residual stream of shape :math:`(N, *)`, rank ``>= 1``.
+        branch: Callable mapping a :math:`(K, *)` batch to a :math:`(K, *)` output of the same trailing shape.
+        p: Probability of dropping a sample's branch. Must satisfy ``0 <= p <= 1``. Default: ``0.0``.
+        training: Drop paths if ``True``; ``input + branch(input)`` otherwise. Default: ``True``.
+        scale_by_keep: Scale the kept branch outputs by :math:`1/(1-p)` (keyword-only). Default: ``True``.
+        seed: Explicit 64-bit seed; the same seed keeps the same samples as :func:`drop_path`. Default: ``None``.
+        generator: Generator to draw the seed from. Default: torch's global CPU generator.
+
+    Shape:
+        - Input: :math:`(N, *)`.
+        - Output: same as input.
+
+    Returns:
+        Tensor with the same shape, dtype and device as ``input``.
+
+    Raises:
+        ValueError: If ``p`` is outside ``[0, 1]``, ``input`` is 0-D, or the branch output's shape differs from
+            its input's.
+        TypeError: If ``branch`` is not callable or ``input`` is not floating point in training.
+
+    Example:
+        >>> x = torch.ones(4, 2)
+        >>> drop_path_residual(x, lambda h: 3 * h, p=0.5, seed=0)
+        tensor([[7., 7.],
+                [1., 1.],
+                [1., 1.],
+                [1., 1.]])
+        >>> torch.equal(drop_path_residual(x, lambda h: 3 * h, p=0.5, seed=0),
+        ...             x + drop_path(3 * x, p=0.5, training=True, seed=0))
+        True
+
+    References:
+        Oquab et al., "DINOv2: Learning Robust Visual Features without Supervision", 2023,
+        https://arxiv.org/abs/2304.07193 (``dinov2/layers/block.py``); Huang et al., ECCV 2016.
+    """
+    op = "drop_path_residual"
+    p = _validate.probability(op, p, default=0.0)
+    _validate.callable_(op, "branch", branch)
+    scale_by_keep = _validate.flag(op, "scale_by_keep", scale_by_keep)
+    _validate.seed_source(op, seed, generator)
+    training = bool(training) or _forced_training
+    _validate.tensor_input(op, input, training)
+    _validate.has_batch_dim(op, input)
+    if not training or p == 0.0:
+        out = branch(input)
+        _validate.same_shape(op, "branch(input)", out.shape, input.shape)
+        return input + out
+    spec = MaskSpec(_seed(seed, generator), 0, _threshold(p), 1.0, mask_dims=1)
+    keep = kernels.keep_mask(spec, (input.shape[0],), input.device)
+    kept = keep.nonzero().squeeze(1)
+    out = branch(input[kept])
+    _validate.same_shape(op, "branch(input)", out.shape, (kept.numel(),) + tuple(input.shape[1:]))
+    out = out.to(input.dtype)
+    if scale_by_keep and p < 1.0:
+        out = out * (1.0 / (1.0 - p))
+    # index_put with accumulate (backward: grad[kept]) is several times faster on CPU than index_add / index_select
+    return input.index_put((kept,), out, accumulate=True)
+
+
+# ------------------------------------------------------------------------------------------------------- DropBlock
+
+_BLOCK_POOLS = {1: torch.nn.functional.max_pool1d, 2: torch.nn.functional.max_pool2d, 3: torch.nn.functional.max_pool3d}
+_BLOCK_LAYOUTS = {1: "(N, C, L)", 2: "(N, C, H, W)", 3: "(N, C, D, H, W)"}
+
+
+def _block_gamma(p: float, block_size: int, spatial: tuple[int, ...]) -> float:
+    r"""Seed rate :math:`\gamma = p \prod_i S_i / (b^k \prod_i (S_i - b + 1))` of torchvision (Ghiasi et al. eq. 1)."""
+    valid = math.prod(s - block_size + 1 for s in spatial)
+    return min(1.0, p * math.prod(spatial) / (block_size ** len(spatial) * valid))
+
+
+def _block_keep(spec: MaskSpec, block_size: int, shape: tuple[int, ...], couple: bool, device) -> torch.Tensor:
+    """Return the bool keep mask of DropBlock: seeds drawn on the valid region, grown into ``block_size`` blocks.
+
+    Seed (centre) ``i`` of the valid region ``[0, S - b]`` drops positions ``i .. i + b - 1`` of every spatial
+    dimension: the block always lies inside the map (torchvision's padding and pooling, for any ``b``).
+    The mask has shape ``(N, C, *S)``, or ``(N, 1, *S)`` when channels are coupled.
+    """
+    n, c, *spatial = shape
+    seeds_shape = (n, 1 if couple else c, *(s - block_size + 1 for s in spatial))
+    centres = (~kernels.keep_mask(spec, seeds_shape, device)).to(torch.float32)
+    if block_size > 1:
+        centres = torch.nn.functional.pad(centres, [block_size - 1] * (2 * len(spatial)))
+        centres = _BLOCK_POOLS[len(spatial)](centres, kernel_size=block_size, stride=1)
+    return centres == 0
+
+
+class _BlockDropFn(torch.autograd.Function):
+    """``y = keep ? x·scale : 0`` with the DropBlock keep mask (and its scale) regenerated from the seed in backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, spec: MaskSpec, block: tuple, inplace: bool) -> torch.Tensor:  # type: ignore[override]
+        ctx.spec, ctx.block = spec, block
+        if inplace:
+            ctx.mark_dirty(x)
+        return _block_apply(x, spec, block, inplace)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:  # type: ignore[override]
+        # a linear map of grad with the same mask and scale: through this Function when building a double backward
+        if torch.is_grad_enabled():
+            return _BlockDropFn.apply(grad, ctx.spec, ctx.block, False), None, None, None
+        return _block_apply(grad, ctx.spec, ctx.block, False), None, None, None
+
+
+def _block_apply(x: torch.Tensor, spec: MaskSpec, block: tuple, inplace: bool) -> torch.Tensor:
+    """Apply the block mask: ``block = (block_size, couple_channels, scale_by_keep, eps)``."""
+    block_size, couple, scale_by_keep, eps = block
+    keep = _block_keep(spec, block_size, tuple(x.shape), couple, x.device)
+    if spec.scale == 0.0:  # p == 1: everything dropped
+        keep = torch.zeros_like(keep)
+    low = x.dtype in (torch.float16, torch.bfloat16)
+    opmath = torch.float32 if low else x.dtype
+    if scale_by_keep:
+        # torchvision's normalisation numel / (eps + kept), counted exactly in integers
+        real = torch.float64 if x.dtype in (torch.float64, torch.complex128) else torch.float32
+        scale = torch.tensor(keep.numel(), dtype=real, device=x.device) / (keep.sum().to(real) + eps)
+    else:
+        scale = None
+    if inplace and (scale is None or not low):
+        return (x if scale is None else x.mul_(scale)).masked_fill_(~keep, 0)
+    y = x.to(opmath) * scale if scale is not None else x.clone()
+    y = y.masked_fill_(~keep, 0).to(x.dtype)
+    return x.copy_(y) if inplace else y  # half/bfloat16 in place: the same rounding as out of place
+
+
+def _drop_block(
+    dims: int,
+    input: torch.Tensor,
+    p: float,
+    block_size: int,
+    inplace: bool,
+    eps: float,
+    training: bool,
+    couple_channels: bool,
+    scale_by_keep: bool,
+    seed: int | None,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    op = f"drop_block{dims}d"
+    p = _validate.probability(op, p)
+    block_size = _validate.positive_int(op, "block_size", block_size)
+    eps = _validate.nonnegative(op, "eps", eps)
+    couple_channels = _validate.flag(op, "couple_channels", couple_channels)
+    scale_by_keep = _validate.flag(op, "scale_by_keep", scale_by_keep)
+    _validate.seed_source(op, seed, generator)
+    training = bool(training) or _forced_training
+    _validate.tensor_input(op, input, training)
+    hint = " Use dropout() for per-element or dropout2d() for per-channel dropout."
+    _validate.exact_rank(op, input, dims + 2, _BLOCK_LAYOUTS[dims], hint)
+    _validate.block_fits(op, block_size, tuple(input.shape[2:]))
+    if not training or p == 0.0 or input.numel() == 0:
+        return input
+    gamma = _block_gamma(p, block_size, tuple(input.shape[2:]))
+    spec = MaskSpec(_seed(seed, generator), 0, _threshold(gamma), 0.0 if p == 1.0 else 1.0)
+    return _BlockDropFn.apply(input, spec, (block_size, couple_channels, scale_by_keep, eps), bool(inplace))
+
+
+_DROP_BLOCK_DOC = r"""DropBlock: zero contiguous {what} of {layout} feature maps, then renormalise.
+
+    In training, block seeds are drawn with probability
+
+    .. math:: \gamma = \frac{{p \, {size}}}{{b^{k} \, {valid}}}
+
+    on the positions where a whole ``block_size`` (:math:`b`) {shape} fits, each seed zeroes the {shape} starting
+    there (so blocks never cross the border; overlapping blocks merge), and the result is renormalised as in
+    torchvision: :math:`y = x \cdot M \cdot \mathrm{{numel}}(M) / (\epsilon + \sum M)` with :math:`M` the keep
+    mask. The expected dropped fraction is about ``p`` (exactly ``p`` at ``block_size = 1``; overlaps make it a
+    little smaller for larger blocks). ``couple_channels=True`` shares one block mask across the channels of a
+    sample (timm's coupled mode); ``scale_by_keep=False`` skips the renormalisation. Identity in eval and at
+    ``p = 0``; ``p = 1`` gives exact zeros. {compat}The block mask is regenerated in backward from its seed.
+
+    Args:
+        input: Input tensor {layout}.
+        p: Probability of an element being dropped. Must satisfy ``0 <= p <= 1``.
+        block_size: Side of the dropped blocks, ``1 <= block_size <=`` the smallest spatial dimension.
+        inplace: Modify ``input`` in place. Default: ``False``.
+        eps: Added to the kept count in the normalisation's denominator, ``>= 0``. Default: ``1e-06``.
+        training: Apply DropBlock if ``True``; identity otherwise. Default: ``True``.
+        couple_channels: One block mask per sample shared by all channels (keyword-only). Default: ``False``.
+        scale_by_keep: Renormalise by ``numel / (eps + kept)`` (keyword-only). Default: ``True``.
+        seed: Explicit 64-bit seed; the same seed gives the same blocks. Default: ``None``.
+        generator: Generator to draw the seed from. Default: torch's global CPU generator.
+
+    Shape:
+        - Input: {layout}.
+        - Output: same as input.
+
+    Returns:
+        Tensor with the same shape, dtype and device as ``input``.
+
+    Raises:
+        ValueError: If ``p`` is outside ``[0, 1]``, the input is not {rank}-D, ``block_size`` is larger than a
+            spatial dimension, or ``eps`` is negative.
+        TypeError: If ``block_size`` is not an int or ``input`` is not floating point in training.
+
+    Example:
+        {example}
+
+    References:
+        Ghiasi, Lin, Le, "DropBlock: A regularization method for convolutional networks", NeurIPS 2018,
+        https://arxiv.org/abs/1810.12890
+    """
+
+
+def _drop_block_op(dims: int, what: str, size: str, valid: str, shape: str, compat: str, example: str):
+    def drop_block(
+        input: torch.Tensor,
+        p: float,
+        block_size: int,
+        inplace: bool = False,
+        eps: float = 1e-06,
+        training: bool = True,
+        *,
+        couple_channels: bool = False,
+        scale_by_keep: bool = True,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        return _drop_block(
+            dims, input, p, block_size, inplace, eps, training, couple_channels, scale_by_keep, seed, generator
+        )
+
+    name = f"drop_block{dims}d"
+    drop_block.__name__ = drop_block.__qualname__ = name
+    drop_block.__doc__ = _DROP_BLOCK_DOC.format(
+        what=what,
+        layout=f":math:`{_BLOCK_LAYOUTS[dims]}`",
+        size=size,
+        valid=valid,
+        k=dims,
+        shape=shape,
+        compat=compat,
+        rank=dims + 2,
+        example=example,
+    )
+    return drop_block
+
+
+drop_block1d = _drop_block_op(
+    1,
+    "segments",
+    "L",
+    "(L - b + 1)",
+    "segment",
+    "",
+    """>>> y = drop_block1d(torch.ones(1, 1, 8), p=0.25, block_size=3, eps=0.0, seed=5)
+        >>> (y == 0).int().flatten().tolist(), y.max().item()
+        ([0, 0, 1, 1, 1, 0, 0, 0], 1.600000023841858)""",
+)
+drop_block2d = _drop_block_op(
+    2,
+    "square blocks",
+    "H W",
+    "(H - b + 1)(W - b + 1)",
+    "square",
+    "Drop-in for ``torchvision.ops.drop_block2d`` (same arguments, order and defaults; it also accepts even block "
+    "sizes, which torchvision's padding does not). ",
+    """>>> drop_block2d(torch.ones(2, 3, 8, 8), p=0.2, block_size=3, seed=0).shape
+        torch.Size([2, 3, 8, 8])
+        >>> drop_block2d(torch.ones(1, 1, 2, 2), p=0.5, block_size=2, training=False)
+        tensor([[[[1., 1.],
+                  [1., 1.]]]])""",
+)
+drop_block3d = _drop_block_op(
+    3,
+    "cubes",
+    "D H W",
+    "(D - b + 1)(H - b + 1)(W - b + 1)",
+    "cube",
+    "Drop-in for ``torchvision.ops.drop_block3d``. ",
+    """>>> drop_block3d(torch.ones(2, 3, 5, 5, 5), p=0.2, block_size=3, seed=0).shape
+        torch.Size([2, 3, 5, 5, 5])""",
+)
+
+# leaves for torch.fx symbolic tracing (as torchvision wraps its ops): traced models keep one call per op
+for _name in ("stochastic_depth", "drop_path", "drop_block1d", "drop_block2d", "drop_block3d"):
+    torch.fx.wrap(_name)
+del _name

@@ -49,8 +49,9 @@ TORCH_DROPOUTS: tuple[type[nn.Module], ...] = (
 DROPKIT_NOISE: tuple[type[nn.Module], ...] = (dnn.GaussianDropout, dnn.GaussianNoise)
 #: Third-party stochastic layers, matched by class name (timm, torchvision and common DropConnect spellings).
 STOCHASTIC_CLASS_NAMES = frozenset(
-    {"DropPath", "StochasticDepth", "DropBlock2d", "DropBlock3d", "DropBlock", "DropConnect", "DropConnectLinear",
-     "DropConnectConv1d", "DropConnectConv2d", "WeightDrop", "GaussianDropout", "GaussianNoise", "ConcreteDropout"}
+    {"DropPath", "StochasticDepth", "DropBlock1d", "DropBlock2d", "DropBlock3d", "DropBlock", "DropConnect",
+     "DropConnectLinear", "DropConnectConv1d", "DropConnectConv2d", "WeightDrop", "GaussianDropout", "GaussianNoise",
+     "ConcreteDropout"}
 )  # fmt: skip
 #: torch modules whose eval-mode fast path skips their dropout submodules: they must be in training mode.
 TORCH_FAST_PATHS: tuple[type[nn.Module], ...] = (
@@ -64,6 +65,7 @@ TORCH_FAST_PATHS: tuple[type[nn.Module], ...] = (
 #: Float attributes through which attention/RNN modules gate dropout on ``self.training``.
 GATED_ATTRIBUTES = ("dropout", "dropout_p", "dropout_prob", "attention_dropout", "attn_dropout", "drop_prob")
 
+_FUNCTIONAL_STRUCTURED = ("drop_path", "drop_block", "stochastic_depth")  #: dropkit/timm/torchvision op names
 _FUNCTIONAL_NAMES = ("dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout")
 _patch_lock = threading.RLock()
 _patch_depth = 0
@@ -99,7 +101,7 @@ def _forward_source(cls: type) -> str:
 
 def _calls_functional_dropout(module: nn.Module) -> bool:
     source = _forward_source(type(module))
-    return "dropout" in source.lower() or "drop_path" in source
+    return "dropout" in source.lower() or any(name in source for name in _FUNCTIONAL_STRUCTURED)
 
 
 def _has_stochastic_path(model: nn.Module) -> bool:

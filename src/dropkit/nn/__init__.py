@@ -12,6 +12,7 @@ from .dropout import (
     GaussianNoise,
 )
 from .fused import BiasDropoutAdd, DropoutAddLayerNorm, DropoutAddRMSNorm
+from .structured import DropBlock1d, DropBlock2d, DropBlock3d, DropBlockScheduler, DropPath, StochasticDepth
 from .weights import DropConnect, DropConnectConv1d, DropConnectConv2d, DropConnectLinear
 
 __all__ = [
@@ -32,4 +33,10 @@ __all__ = [
     "DropConnectConv2d",
     "ConcreteDropout",
     "concrete_regularization",
+    "StochasticDepth",
+    "DropPath",
+    "DropBlock1d",
+    "DropBlock2d",
+    "DropBlock3d",
+    "DropBlockScheduler",
 ]
