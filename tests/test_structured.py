@@ -706,3 +706,20 @@ def test_bench_drop_path_smoke_run(capsys):
     assert all(len(v) == 2 for v in out["times"][0.4].values())
     assert all(s < m for s, m in zip(memory["subset"], memory["multiply"], strict=True))  # fewer rows saved
     assert "subset/multiply" in capsys.readouterr().out
+
+
+def test_drop_path_accepts_timms_drop_prob_spelling():
+    """timm code passes ``drop_prob=``: DropPath and drop_path take it as an alias of ``p`` (not both)."""
+    import dropkit.functional as DF
+    import dropkit.nn as dnn
+
+    m = dnn.DropPath(drop_prob=0.25)
+    assert m.p == m.drop_prob == 0.25
+    m.drop_prob = 0.5
+    assert m.p == 0.5
+    x = torch.ones(8, 3)
+    assert torch.equal(DF.drop_path(x, drop_prob=0.5, training=True, seed=3), DF.drop_path(x, 0.5, True, seed=3))
+    with pytest.raises(ValueError, match="drop_path: pass either p or drop_prob, not both."):
+        DF.drop_path(x, 0.1, drop_prob=0.2)
+    with pytest.raises(ValueError, match="DropPath: pass either p or drop_prob, not both."):
+        dnn.DropPath(0.1, drop_prob=0.2)

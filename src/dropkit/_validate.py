@@ -318,3 +318,12 @@ def callable_(op: str, name: str, value: object) -> None:
     """Raise ``TypeError`` if ``value`` is not callable."""
     if not callable(value):
         raise _fail(op, name, "callable", type(value).__name__, TypeError)
+
+
+def alias(op: str, name: str, value: object, other: str, other_value: object, default: object) -> object:
+    """Return ``other_value`` when the alternative spelling ``other`` is used, else ``value``; not both."""
+    if other_value is None:
+        return value
+    if value != default:
+        raise ValueError(f"{op}: pass either {name} or {other}, not both.")
+    return other_value

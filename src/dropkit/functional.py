@@ -1303,6 +1303,7 @@ def drop_path(
     training: bool = False,
     scale_by_keep: bool = True,
     *,
+    drop_prob: float | None = None,
     seed: int | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
@@ -1319,6 +1320,7 @@ def drop_path(
         p: Probability of dropping a sample's path. Must satisfy ``0 <= p <= 1``. Default: ``0.0``.
         training: Apply drop path if ``True``; identity otherwise. Default: ``False`` (as timm).
         scale_by_keep: Scale kept samples by :math:`1/(1-p)`. Default: ``True``.
+        drop_prob: timm's name for ``p``, accepted so timm code runs unchanged. Default: ``None``.
         seed: Explicit 64-bit seed; the same seed gives the same mask. Default: ``None``.
         generator: Generator to draw the seed from. Default: torch's global CPU generator.
 
@@ -1347,7 +1349,7 @@ def drop_path(
         Huang et al., "Deep Networks with Stochastic Depth", ECCV 2016; timm ``timm/layers/drop.py``.
     """
     op = "drop_path"
-    p = _validate.probability(op, p, default=0.0)
+    p = _validate.probability(op, _validate.alias(op, "p", p, "drop_prob", drop_prob, 0.0), default=0.0)
     scale_by_keep = _validate.flag(op, "scale_by_keep", scale_by_keep)
     _validate.seed_source(op, seed, generator)
     return _per_sample(op, input, p, training, scale_by_keep, seed, generator, mask_dims=1)

@@ -71,6 +71,7 @@ class DropPath(_SeededMixin, nn.Module):
     Args:
         p: Probability of dropping a sample's path. Default: ``0.0``.
         scale_by_keep: Scale kept samples by ``1 / (1 - p)``. Default: ``True``.
+        drop_prob: timm's name for ``p`` (keyword-only), so ``DropPath(drop_prob=0.1)`` works. Default: ``None``.
         seed: Seed of the module's own generator: reproducible, advancing masks (keyword-only).
         generator: A generator to draw seeds from (keyword-only). Default: torch's global CPU generator.
 
@@ -87,14 +88,24 @@ class DropPath(_SeededMixin, nn.Module):
         p: float = 0.0,
         scale_by_keep: bool = True,
         *,
+        drop_prob: float | None = None,
         seed: int | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
         name = type(self).__name__
-        self.p = _validate.probability(name, p, default=0.0)
+        self.p = _validate.probability(name, _validate.alias(name, "p", p, "drop_prob", drop_prob, 0.0), default=0.0)
         self.scale_by_keep = _validate.flag(name, "scale_by_keep", scale_by_keep)
         self._setup_rng(seed, generator)
+
+    @property
+    def drop_prob(self) -> float:
+        """The rate under timm's name: an alias of :attr:`p`."""
+        return self.p
+
+    @drop_prob.setter
+    def drop_prob(self, value: float) -> None:
+        self.p = value
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         """Drop paths in training; identity in eval."""
