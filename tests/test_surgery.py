@@ -80,3 +80,25 @@ def test_fold_classic_leaves_dropout_without_a_foldable_successor():
     model = nn.Sequential(nn.Linear(3, 3), dnn.Dropout(0.5, mode="classic"), nn.ReLU())
     assert surgery.fold_classic(model) == []
     assert model[1].mode == "classic"
+
+
+def test_find_and_set_p_see_structured_and_weight_dropout():
+    """DropPath, StochasticDepth, DropBlock and DropConnect layers are dropout sites too."""
+    import dropkit.nn as dnn
+    from dropkit import surgery
+
+    model = torch.nn.Sequential(
+        dnn.DropConnectLinear(4, 4, p=0.1),
+        dnn.DropPath(0.2),
+        dnn.StochasticDepth(0.3, "row"),
+        dnn.DropBlock2d(0.4, 3),
+    )
+    sites = surgery.find_dropout(model)
+    assert [(s.path, s.p, s.mode) for s in sites] == [
+        ("0", 0.1, "inverted"),
+        ("1", 0.2, "inverted"),
+        ("2", 0.3, "inverted"),
+        ("3", 0.4, "inverted"),
+    ]
+    surgery.set_p(model, 0.05)
+    assert [m.p for m in model] == [0.05] * 4

@@ -33,7 +33,18 @@ TWINS: dict[type[nn.Module], type[nn.Module]] = {
     nn.AlphaDropout: dnn.AlphaDropout,
     nn.FeatureAlphaDropout: dnn.FeatureAlphaDropout,
 }
-_RATED = tuple(TWINS) + (dnn.GaussianDropout,)
+_RATED = tuple(TWINS) + (
+    dnn.GaussianDropout,
+    dnn.DropPath,
+    dnn.StochasticDepth,
+    dnn.DropBlock1d,
+    dnn.DropBlock2d,
+    dnn.DropBlock3d,
+    dnn.DropConnectLinear,
+    dnn.DropConnectConv1d,
+    dnn.DropConnectConv2d,
+    dnn.DropConnect,
+)
 _FOLDABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Bilinear)
 
 
@@ -60,10 +71,16 @@ def find_dropout(model: nn.Module) -> list[DropoutSite]:
         [('1', 0.3, 'inverted')]
     """
     return [
-        DropoutSite(name, f"{type(m).__module__}.{type(m).__qualname__}", float(m.p), getattr(m, "mode", "inverted"))
+        DropoutSite(name, f"{type(m).__module__}.{type(m).__qualname__}", float(m.p), _scaling(m))
         for name, m in model.named_modules()
         if _is_dropout(m)
     ]
+
+
+def _scaling(module: nn.Module) -> str:
+    """The module's scaling mode (``inverted`` or ``classic``; StochasticDepth's ``mode`` is its noise shape)."""
+    mode = getattr(module, "mode", "inverted")
+    return mode if mode in ("inverted", "classic") else "inverted"
 
 
 def _replace(model: nn.Module, path: str, new: nn.Module) -> None:
