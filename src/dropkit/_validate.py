@@ -116,3 +116,40 @@ def min_dim(op: str, x: torch.Tensor, ndim: int, layout: str) -> None:
 def warn(message: str) -> None:
     """Emit a ``UserWarning`` attributed to the caller of the public function."""
     warnings.warn(message, UserWarning, stacklevel=4)
+
+
+# --- recurrent dropout (nn.recurrent): LSTM / GRU rates, WeightDrop, zoneout ---------------------------------------
+
+
+def rate(op: str, name: str, value: object) -> float:
+    """Return ``value`` as a float if it is a real number in ``[0, 1]`` (NaN fails); name the argument otherwise."""
+    number = real(op, name, value)
+    if not (0.0 <= number <= 1.0):
+        raise _fail(op, name, "in [0, 1]", value)
+    return number
+
+
+def recurrent_mode(op: str, mode: str, recurrent_dropout: float) -> None:
+    """Refuse ``mode='classic'`` with recurrent dropout: test-time scaling of the fed-back state has no exact eval."""
+    if mode != "inverted" and recurrent_dropout > 0:
+        raise ValueError(
+            f"{op}: mode must be 'inverted' when recurrent_dropout > 0, but got {mode!r}. Scaling the fed-back "
+            "state by (1 - p) at test time does not give the expected training output of a recurrence; use "
+            "mode='inverted' (or recurrent_dropout=0)."
+        )
+
+
+def module(op: str, value: object) -> None:
+    """Check that ``value`` is a ``torch.nn.Module``."""
+    if not isinstance(value, torch.nn.Module):
+        raise _fail(op, "module", "a torch.nn.Module", type(value).__name__, TypeError)
+
+
+def parameter_names(op: str, value: object, available: list[str]) -> list[str]:
+    """Return ``value`` as a non-empty list of names, each one of ``available`` (a module's parameter names)."""
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value:
+        raise _fail(op, "weights", "a non-empty list of parameter names", value, TypeError)
+    for name in value:
+        if not isinstance(name, str) or name not in available:
+            raise _fail(op, "weights", "names of the module's parameters (" + ", ".join(available) + ")", name)
+    return list(value)

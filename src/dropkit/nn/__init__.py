@@ -10,6 +10,7 @@ from .dropout import (
     GaussianDropout,
     GaussianNoise,
 )
+from .recurrent import GRU, LSTM, WeightDrop, ZoneoutLSTMCell, weight_drop
 
 __all__ = [
     "Dropout",
@@ -20,4 +21,9 @@ __all__ = [
     "FeatureAlphaDropout",
     "GaussianDropout",
     "GaussianNoise",
+    "LSTM",
+    "GRU",
+    "ZoneoutLSTMCell",
+    "WeightDrop",
+    "weight_drop",
 ]
