@@ -41,7 +41,7 @@ def _generator(op: str, seed: int | None, generator: torch.Generator | None) -> 
 
 
 class _Masks:
-    """The variational masks of one forward call: ``(sequences, features)`` blocks at consecutive offsets of one seed.
+    """The variational masks of one call: ``(sequences, features)`` blocks at consecutive offsets of one seed.
 
     Offsets advance whether or not a rate is 0, so a layer's masks do not change when another rate does. Masks
     are drawn in the caller's sequence order and gathered into the order the kernels see (packed sequences run
@@ -53,7 +53,7 @@ class _Masks:
         self.dtype, self.device = like.dtype, like.device
 
     def draw(self, p: float, rows: int, features: int) -> torch.Tensor | float | None:
-        """Return the next ``(rows, features)`` mask (scaled), a scalar in classic eval, or ``None`` if nothing to do."""
+        """Return the next ``(rows, features)`` mask (scaled), a scalar in classic eval, or ``None`` (nothing to do)."""
         offset, self.offset = self.offset, self.offset + rows * features
         if p == 0.0:
             return None
@@ -119,9 +119,9 @@ def _gru_steps(
     mask: torch.Tensor | None,
     reverse: bool,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Run one GRU direction over precomputed ``xw[t] = x_t W_ih^T + b_ih``; see :func:`_lstm_steps` for rows.
+    r"""Run one GRU direction over precomputed ``xw[t] = x_t W_ih^T + b_ih``; see :func:`_lstm_steps` for rows.
 
-    torch's GRU: :math:`n = \\tanh(x W_{in}^T + b_{in} + r \\odot (h W_{hn}^T + b_{hn}))`,
+    torch's GRU: :math:`n = \tanh(x W_{in}^T + b_{in} + r \odot (h W_{hn}^T + b_{hn}))`,
     :math:`h' = (1 - z) n + z h`. Recurrent dropout masks the ``h`` that enters the matmul, not the ``z h`` carry
     (Keras' ``reset_after=True`` GRU).
     """
@@ -189,7 +189,7 @@ class _VariationalRNN:
         self.seed = seed
         self.generator = _generator(name, seed, generator)
 
-    def _due(self, training: bool) -> bool:
+    def _applies_dropout(self, training: bool) -> bool:
         """Whether this call applies a mask (or classic-mode scaling) at all; revalidates rates set after init."""
         name = type(self).__name__
         rates = (
@@ -213,8 +213,8 @@ class _VariationalRNN:
         return s + ("" if self.seed is None else f", seed={self.seed}")
 
     def forward(self, input, hx=None):  # noqa: D102 - documented on the classes
-        training = self.training or F._forced_training
-        if not self._due(training):
+        training = self.training or F._forced_training  # dropkit.mc.mc_dropout forces the masks on in eval
+        if not self._applies_dropout(training):
             return super().forward(input, hx)  # type: ignore[misc]
         return self._forward_masked(input, hx, training)
 
@@ -252,7 +252,8 @@ class _VariationalRNN:
         if hx is None:
             shape = (self.num_layers * directions, batch)
             h_zeros = torch.zeros(*shape, out_size, dtype=data.dtype, device=data.device)
-            hx = (h_zeros, torch.zeros(*shape, self.hidden_size, dtype=data.dtype, device=data.device)) if lstm else h_zeros
+            c_zeros = torch.zeros(*shape, self.hidden_size, dtype=data.dtype, device=data.device)
+            hx = (h_zeros, c_zeros) if lstm else h_zeros
         self.check_forward_args(data if packed else input, hx, batch_sizes)  # type: ignore[attr-defined]
         states = tuple(hx) if lstm else (hx,)
 
@@ -274,7 +275,6 @@ class _VariationalRNN:
 
     def _layers(self, x, batch_sizes, rows, states, masks: _Masks, training: bool, batch: int):
         """Run every layer: input mask, one fused call (or the step loop), next layer; then the output mask."""
-        lstm = self.mode == "LSTM"
         directions = 2 if self.bidirectional else 1
         out_size = self.proj_size if self.proj_size > 0 else self.hidden_size
         per_direction = len(self._flat_weights) // (self.num_layers * directions)
@@ -346,31 +346,6 @@ def _packed_rows(batch_sizes: torch.Tensor, device: torch.device) -> torch.Tenso
     return torch.cat([torch.arange(int(b)) for b in batch_sizes]).to(device)
 
 
-_RNN_DOC = """
-    Args:
-        input_size: The number of expected features in the input ``x``.
-        hidden_size: The number of features in the hidden state ``h``.
-        num_layers: Number of stacked recurrent layers. Default: ``1``.
-        bias: If ``False``, the layers use no bias weights ``b_ih`` and ``b_hh``. Default: ``True``.
-        batch_first: If ``True``, input and output tensors are ``(batch, seq, feature)``. Default: ``False``.
-        dropout: Variational dropout rate on **each layer's input** (the first layer's ``x`` included): one mask
-            per sequence and layer, shared by all time steps. Unlike ``torch.nn.{cls}``'s per-step dropout
-            between layers. Default: ``0.0``.
-        bidirectional: If ``True``, becomes a bidirectional {cls}. Default: ``False``.{proj}
-        device: Device of the parameters.
-        dtype: dtype of the parameters.
-        recurrent_dropout: Variational dropout rate on the hidden state fed back into the recurrence (keyword-only;
-            Keras' ``recurrent_dropout``). Runs a step loop instead of the fused kernel. Default: ``0.0``.
-        output_dropout: Variational dropout rate on the last layer's output sequence (keyword-only). The final
-            states ``h_n`` are not masked. Default: ``0.0``.
-        mode: ``"inverted"`` (kept units scaled by :math:`1/(1-p)`, eval untouched) or ``"classic"`` (no scaling
-            in training, inputs and outputs scaled by :math:`1-p` in eval; not with ``recurrent_dropout``).
-            Keyword-only. Default: ``"inverted"``.
-        seed: Seed of the module's own generator: reproducible, advancing masks (keyword-only).
-        generator: A generator to draw each call's seed from (keyword-only). Default: torch's global CPU generator.
-"""
-
-
 class LSTM(_VariationalRNN, nn.LSTM):
     r"""``torch.nn.LSTM`` with variational (Gal & Ghahramani) input, recurrent and output dropout.
 
@@ -391,10 +366,30 @@ class LSTM(_VariationalRNN, nn.LSTM):
     ``torch.nn.LSTM`` works both ways. Input and output dropout run torch's fused kernel once per layer;
     recurrent dropout runs a step loop (the input projection of all steps in one matmul). Packed sequences get
     the same masks as their padded form. MC dropout (``dropkit.mc.mc_dropout``) turns the masks on in eval.
-    """ + _RNN_DOC.format(
-        cls="LSTM",
-        proj="\n        proj_size: If ``> 0``, use an LSTM with projections of that size. Default: ``0``.",
-    ) + r"""
+
+    Args:
+        input_size: The number of expected features in the input ``x``.
+        hidden_size: The number of features in the hidden state ``h``.
+        num_layers: Number of stacked recurrent layers. Default: ``1``.
+        bias: If ``False``, the layers use no bias weights ``b_ih`` and ``b_hh``. Default: ``True``.
+        batch_first: If ``True``, input and output tensors are ``(batch, seq, feature)``. Default: ``False``.
+        dropout: Variational dropout rate on **each layer's input** (the first layer's ``x`` included): one mask
+            per sequence and layer, shared by all time steps. Unlike ``torch.nn.LSTM``'s per-step dropout
+            between layers. Default: ``0.0``.
+        bidirectional: If ``True``, becomes a bidirectional LSTM. Default: ``False``.
+        proj_size: If ``> 0``, use an LSTM with projections of that size. Default: ``0``.
+        device: Device of the parameters.
+        dtype: dtype of the parameters.
+        recurrent_dropout: Variational dropout rate on the hidden state fed back into the recurrence
+            (keyword-only; Keras' ``recurrent_dropout``). Runs a step loop, not the fused kernel. Default: ``0.0``.
+        output_dropout: Variational dropout rate on the last layer's output sequence (keyword-only). The final
+            states ``h_n`` are not masked. Default: ``0.0``.
+        mode: ``"inverted"`` (kept units scaled by :math:`1/(1-p)`, eval untouched) or ``"classic"`` (no scaling
+            in training, inputs and outputs scaled by :math:`1-p` in eval; not with ``recurrent_dropout``).
+            Keyword-only. Default: ``"inverted"``.
+        seed: Seed of the module's own generator: reproducible, advancing masks (keyword-only).
+        generator: A generator to draw each call's seed from (keyword-only). Default: torch's CPU generator.
+
     Shape:
         As ``torch.nn.LSTM``: input :math:`(L, N, H_{in})` (or batch-first, unbatched, or a ``PackedSequence``),
         ``(h_0, c_0)`` of shape :math:`(D \cdot \text{num\_layers}, N, H_{out})` and
@@ -454,6 +449,7 @@ class LSTM(_VariationalRNN, nn.LSTM):
         self._setup(dropout, recurrent_dropout, output_dropout, mode, seed, generator)
 
     def extra_repr(self) -> str:
+        """Describe the hyperparameters: torch's, then the dropout rates that are set."""
         return super().extra_repr() + self._dropout_repr()
 
 
@@ -474,7 +470,28 @@ class GRU(_VariationalRNN, nn.GRU):
 
     with :math:`\tilde x_t = x_t \odot m^{x,l}` and :math:`\tilde h_{t-1} = h_{t-1} \odot m^{h,l,d}`. With
     every rate 0, or in eval, this is exactly ``torch.nn.GRU``.
-    """ + _RNN_DOC.format(cls="GRU", proj="") + r"""
+
+    Args:
+        input_size: The number of expected features in the input ``x``.
+        hidden_size: The number of features in the hidden state ``h``.
+        num_layers: Number of stacked recurrent layers. Default: ``1``.
+        bias: If ``False``, the layers use no bias weights ``b_ih`` and ``b_hh``. Default: ``True``.
+        batch_first: If ``True``, input and output tensors are ``(batch, seq, feature)``. Default: ``False``.
+        dropout: Variational dropout rate on **each layer's input** (the first layer's ``x`` included): one mask
+            per sequence and layer, shared by all time steps. Unlike ``torch.nn.GRU``'s per-step dropout
+            between layers. Default: ``0.0``.
+        bidirectional: If ``True``, becomes a bidirectional GRU. Default: ``False``.
+        device: Device of the parameters.
+        dtype: dtype of the parameters.
+        recurrent_dropout: Variational dropout rate on the hidden state fed back into the recurrence
+            (keyword-only; Keras' ``recurrent_dropout``). Runs a step loop, not the fused kernel. Default: ``0.0``.
+        output_dropout: Variational dropout rate on the last layer's output sequence (keyword-only). The final
+            states ``h_n`` are not masked. Default: ``0.0``.
+        mode: ``"inverted"`` (kept units scaled by :math:`1/(1-p)`, eval untouched) or ``"classic"`` (no scaling
+            in training, inputs and outputs scaled by :math:`1-p` in eval; not with ``recurrent_dropout``).
+            Keyword-only. Default: ``"inverted"``.
+        seed: Seed of the module's own generator: reproducible, advancing masks (keyword-only).
+        generator: A generator to draw each call's seed from (keyword-only). Default: torch's CPU generator.
     Shape:
         As ``torch.nn.GRU``.
 
@@ -525,6 +542,7 @@ class GRU(_VariationalRNN, nn.GRU):
         self._setup(dropout, recurrent_dropout, output_dropout, mode, seed, generator)
 
     def extra_repr(self) -> str:
+        """Describe the hyperparameters: torch's, then the dropout rates that are set."""
         return super().extra_repr() + self._dropout_repr()
 
 
@@ -603,6 +621,7 @@ class ZoneoutLSTMCell(nn.LSTMCell):
         return h, c
 
     def extra_repr(self) -> str:
+        """Describe the hyperparameters: torch's, then the zoneout rates."""
         s = super().extra_repr() + f", zoneout_h={self.zoneout_h}, zoneout_c={self.zoneout_c}"
         return s + ("" if self.seed is None else f", seed={self.seed}")
 
@@ -693,6 +712,7 @@ class WeightDrop(nn.Module):
         return torch.func.functional_call(self.module, masked, args, kwargs, strict=False)
 
     def extra_repr(self) -> str:
+        """Describe the dropped weights and the rate."""
         s = f"weights={self.weights}, p={self.p}"
         if self.variational:
             s += ", variational=True"
