@@ -290,7 +290,7 @@ class _VariationalRNN:
             if training and self.recurrent_dropout > 0:
                 x, new = self._loop_layer(x, batch_sizes, layer_states, weights, per_direction, rec_masks)
             else:
-                x, new = self._fused_layer(x, batch_sizes, layer_states, weights, training)
+                x, new = self._fused_layer(x, batch_sizes, layer_states, weights, training, layer)
             for kept, state in zip(finals, new, strict=True):
                 kept.append(state)
         out_mask = masks.draw(self.output_dropout, batch, x.shape[-1])
@@ -298,15 +298,42 @@ class _VariationalRNN:
             x = x * (out_mask if rows is None or not isinstance(out_mask, torch.Tensor) else out_mask[rows])
         return x, [torch.cat(kept) for kept in finals]
 
-    def _fused_layer(self, x, batch_sizes, states, weights, training: bool):
+    def _fused_layer(self, x, batch_sizes, states, weights, training: bool, layer: int):
         """One layer (both directions) through torch's fused kernel, no dropout inside it."""
         hx = states if self.mode == "LSTM" else states[0]
+        if layer > 0 and weights[0].is_cuda and torch.backends.cudnn.is_acceptable(weights[0]):
+            weights = self._cudnn_chunk(weights, x.shape[-1])
         vf = _VF.lstm if self.mode == "LSTM" else _VF.gru
         if batch_sizes is None:
             result = vf(x, hx, weights, self.bias, 1, 0.0, training, self.bidirectional, False)
         else:
             result = vf(x, batch_sizes, hx, weights, self.bias, 1, 0.0, training, self.bidirectional)
         return result[0], result[1:]
+
+    def _cudnn_chunk(self, weights: list[torch.Tensor], input_size: int) -> list[torch.Tensor]:
+        """Copy one layer's weights into a cuDNN-layout chunk of their own (differentiably).
+
+        cuDNN takes a layer's weights without copying them only when they form one chunk in its layout from the
+        start of their storage; a deeper layer's weights sit in the middle of the module's chunk, so cuDNN would
+        warn ("not part of single contiguous chunk of memory") and compact them on every call.
+        """
+        import torch.backends.cudnn.rnn as cudnn_rnn
+
+        chunk = [w.clone() for w in weights]
+        if torch._use_cudnn_rnn_flatten_weight():
+            with torch.no_grad():  # rebinds the clones' storage to one chunk, as flatten_parameters does
+                torch._cudnn_rnn_flatten_weight(
+                    chunk,
+                    len(weights) // (2 if self.bidirectional else 1),
+                    input_size,
+                    cudnn_rnn.get_cudnn_mode(self.mode),
+                    self.hidden_size,
+                    self.proj_size,
+                    1,
+                    False,
+                    bool(self.bidirectional),
+                )
+        return chunk
 
     def _loop_layer(self, x, batch_sizes, states, weights, per_direction: int, rec_masks):
         """One layer (both directions) as a step loop with recurrent masks; input gates precomputed in one matmul."""
