@@ -1,5 +1,4 @@
-"""Character-level language model on Python's own docstrings: validation perplexity with and without dropkit's
-recurrent regularisers.
+"""Character-level language model on Python's own docstrings, with and without dropkit's recurrent regularisers.
 
 The corpus is generated on the spot from the running interpreter (the Zen of Python from ``this`` plus the
 docstrings of a fixed list of stdlib modules and their public members), split 90/10 into train and
