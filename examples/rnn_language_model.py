@@ -167,11 +167,14 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny model, few steps: runs in seconds")
     parser.add_argument("--steps", type=int, help="training steps per variant")
+    parser.add_argument("--p", type=float, help="rate of the variational model's three dropouts")
+    parser.add_argument("--weight-p", type=float, help="WeightDrop's p")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     args = parser.parse_args(argv)
     cfg = Config.quick() if args.quick else Config()
-    if args.steps:
-        cfg.steps = args.steps
+    for name in ("steps", "p", "weight_p"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
     text = corpus()[: cfg.chars]
     chars = sorted(set(text))
     ids = torch.tensor([chars.index(c) for c in text])

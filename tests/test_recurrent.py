@@ -486,6 +486,14 @@ def test_zoneout_cell_keeps_previous_values_with_probability_z():
     assert not torch.equal(again_h, out_h)  # a fresh mask per step
 
 
+def test_zoneout_cell_mc_dropout_switches_it_on():
+    model = torch.nn.Sequential(dnn.ZoneoutLSTMCell(3, 8, zoneout_h=0.5, zoneout_c=0.5)).eval()
+    x = torch.randn(4, 3)
+    assert all(torch.equal(a, b) for a, b in zip(model(x), model(x), strict=True))
+    with mc.mc_dropout(model):
+        assert not torch.equal(model(x)[1], model(x)[1])
+
+
 def test_zoneout_functional_matches_reference():
     x, prev = torch.randn(300), torch.randn(300)
     y = F.zoneout(x, prev, 0.4, seed=9)

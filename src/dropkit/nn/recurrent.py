@@ -98,7 +98,7 @@ def _lstm_steps(
         elif rows > h.shape[0]:  # reverse direction: sequences that start now begin from their h0, c0
             h = torch.cat((h, h0[h.shape[0] : rows]))
             c = torch.cat((c, c0[c.shape[0] : rows]))
-        fed = h if mask is None else h * mask[:rows]
+        fed = h if mask is None else h * (mask if rows == mask.shape[0] else mask[:rows])
         gates = torch.addmm(x_t, fed, w_t)
         i, f, g, o = gates.chunk(4, 1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
@@ -136,7 +136,7 @@ def _gru_steps(
             h = h[:rows]
         elif rows > h.shape[0]:
             h = torch.cat((h, h0[h.shape[0] : rows]))
-        fed = h if mask is None else h * mask[:rows]
+        fed = h if mask is None else h * (mask if rows == mask.shape[0] else mask[:rows])
         hw = torch.mm(fed, w_t) if b_hh is None else torch.addmm(b_hh, fed, w_t)
         x_r, x_z, x_n = x_t.chunk(3, 1)
         h_r, h_z, h_n = hw.chunk(3, 1)
@@ -636,7 +636,8 @@ class ZoneoutLSTMCell(nn.LSTMCell):
         self.seed = seed
         self.generator = _generator("ZoneoutLSTMCell", seed, generator)
 
-    def forward(self, input: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor] | None = None):  # noqa: D102
+    def forward(self, input: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """Step the cell once; zoneout is dropout applied to the state update (MC dropout turns it on in eval)."""
         h, c = super().forward(input, hx)
         if hx is None:
             h_prev = c_prev = torch.zeros_like(h)
