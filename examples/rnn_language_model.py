@@ -69,7 +69,7 @@ class Config:
     batch: int = 32
     steps: int = 600
     lr: float = 3e-3
-    p: float = 0.25  # dropout, recurrent_dropout and output_dropout of the variational model
+    p: float = 0.1  # dropout, recurrent_dropout and output_dropout of the variational model
     weight_p: float = 0.5  # WeightDrop's p
 
     @classmethod
