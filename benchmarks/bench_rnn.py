@@ -26,6 +26,7 @@ Run::
     .venv/bin/python benchmarks/bench_rnn.py               # full run, 7 rounds (about a minute)
     .venv/bin/python benchmarks/bench_rnn.py --quick       # smoke run: tiny sizes, 2 rounds
     .venv/bin/python benchmarks/bench_rnn.py --threads 1 --layers 2 --json raw.json
+    .venv/bin/python benchmarks/bench_rnn.py --threads 1 --clock cpu   # a loaded machine: CPU time
 """
 
 from __future__ import annotations
@@ -66,11 +67,15 @@ class Config:
         return cls(seq=8, batch=4, input_size=16, hidden=16, rounds=2, warmup=1, min_sample_s=0.002)
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock = time.perf_counter
+
+
 def _sample(fn: Callable[[], object], iters: int) -> float:
-    start = time.perf_counter()
+    start = _clock()
     for _ in range(iters):
         fn()
-    return (time.perf_counter() - start) / iters
+    return (_clock() - start) / iters
 
 
 def interleaved(fns: dict[str, Callable[[], object]], cfg: Config) -> dict[str, list[float]]:
@@ -174,7 +179,8 @@ def table(rows: list[dict], cfg: Config) -> str:
     """Format the rows as a Markdown table."""
     lines = [
         f"seq {cfg.seq}, batch {cfg.batch}, input {cfg.input_size}, hidden {cfg.hidden}, layers {cfg.layers}, "
-        f"p = {P}, fp32 CPU, {torch.get_num_threads()} thread(s), {cfg.rounds} rounds",
+        f"p = {P}, fp32 CPU, {torch.get_num_threads()} thread(s), {cfg.rounds} rounds, "
+        f"{'CPU' if _clock is time.process_time else 'wall'} time",
         "",
         "| cell | pass | contender | median ms | × torch (median of per-round ratios) | spread |",
         "|---|---|---|---:|---:|---:|",
@@ -195,7 +201,15 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser.add_argument("--layers", type=int, help="num_layers of every RNN")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--json", help="also write the rows as JSON to this file")
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall time (default) or this process's CPU time: steadier on a loaded machine with --threads 1",
+    )
     args = parser.parse_args(argv)
+    global _clock
+    _clock = CLOCKS[args.clock]
     cfg = Config.quick() if args.quick else Config()
     if args.rounds:
         cfg.rounds = args.rounds
