@@ -486,6 +486,60 @@ def test_zoneout_cell_keeps_previous_values_with_probability_z():
     assert not torch.equal(again_h, out_h)  # a fresh mask per step
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_rnn_zoneout_eval_is_the_expectation_step_by_step(kind):
+    kwargs = {"zoneout_h": 0.3, "zoneout_c": 0.6} if kind == "LSTM" else {"zoneout_h": 0.3}
+    ours = getattr(dnn, kind)(3, 5, **kwargs).double().eval()
+    cell = getattr(torch.nn, kind + "Cell")(3, 5).double()
+    cell.load_state_dict({k.removesuffix("_l0"): v for k, v in ours.state_dict().items()})
+    x = torch.randn(6, 2, 3, dtype=DOUBLE)
+    g = torch.Generator().manual_seed(0)
+    h0, c0 = torch.randn(1, 2, 5, generator=g, dtype=DOUBLE), torch.randn(1, 2, 5, generator=g, dtype=DOUBLE)
+    h, c, expected = h0[0], c0[0], []
+    for x_t in x:
+        if kind == "LSTM":
+            new_h, new_c = cell(x_t, (h, c))
+            h, c = 0.3 * h + 0.7 * new_h, 0.6 * c + 0.4 * new_c
+        else:
+            h = 0.3 * h + 0.7 * cell(x_t, h)
+        expected.append(h)
+    hx = (h0, c0) if kind == "LSTM" else h0
+    out, _ = ours(x, hx)
+    torch.testing.assert_close(out, torch.stack(expected), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.statistical
+def test_lstm_zoneout_training_keeps_previous_hidden_values_with_probability_z():
+    # zoneout_c = 1: the cell state stays c0, so each step's candidate is known and h_t is either it or h_{t-1}
+    ours = dnn.LSTM(3, 40, zoneout_h=0.3, zoneout_c=1.0, seed=0).double()
+    cell = torch.nn.LSTMCell(3, 40).double()
+    cell.load_state_dict({k.removesuffix("_l0"): v for k, v in ours.state_dict().items()})
+    x = torch.randn(8, 25, 3, dtype=DOUBLE)
+    h0, c0 = torch.randn(1, 25, 40, dtype=DOUBLE), torch.randn(1, 25, 40, dtype=DOUBLE)
+    out, (h_n, c_n) = ours(x, (h0, c0))
+    assert torch.equal(c_n, c0)
+    prev, kept = h0[0], 0
+    for t in range(8):
+        candidate, _ = cell(x[t], (prev, c0[0]))
+        took_prev, took_new = out[t] == prev, torch.isclose(out[t], candidate, rtol=1e-12, atol=1e-12)
+        assert bool((took_prev | took_new).all())
+        kept += int(took_prev.sum())
+        prev = out[t]
+    assert stats.binomtest(kept, out.numel(), 0.3).pvalue > 0.01
+    second, _ = ours(x, (h0, c0))
+    assert not torch.equal(second, out)
+
+
+def test_rnn_zoneout_runs_bidirectional_packed_with_other_rates():
+    ours = dnn.LSTM(3, 4, num_layers=2, bidirectional=True, dropout=0.2, recurrent_dropout=0.2, zoneout_h=0.1,
+                    zoneout_c=0.1)  # fmt: skip
+    packed = pack_padded_sequence(torch.randn(5, 3, 3), torch.tensor([5, 2, 4]), enforce_sorted=False)
+    out, (h, c) = ours(packed)
+    assert pad_packed_sequence(out)[0].shape == (5, 3, 8) and h.shape == c.shape == (4, 3, 4)
+    gru = dnn.GRU(3, 4, zoneout_h=0.2).eval()
+    assert "zoneout_h=0.2" in repr(gru)
+
+
 def test_zoneout_cell_mc_dropout_switches_it_on():
     model = torch.nn.Sequential(dnn.ZoneoutLSTMCell(3, 8, zoneout_h=0.5, zoneout_c=0.5)).eval()
     x = torch.randn(4, 3)
@@ -520,6 +574,8 @@ ERRORS = [
     (lambda: dnn.GRU(3, 4, recurrent_dropout=0.2, mode="classic"), ValueError,
      "GRU: mode must be 'inverted' when recurrent_dropout > 0, but got 'classic'."),
     (lambda: dnn.LSTM(3, 4, seed=1.5), TypeError, "LSTM: seed must be an int, but got 1.5."),
+    (lambda: dnn.LSTM(3, 4, zoneout_c=1.5), ValueError, "LSTM: zoneout_c must be in [0, 1], but got 1.5."),
+    (lambda: dnn.GRU(3, 4, zoneout_h=-0.5), ValueError, "GRU: zoneout_h must be in [0, 1], but got -0.5."),
     (lambda: dnn.ZoneoutLSTMCell(3, 4, zoneout_h=1.2), ValueError,
      "ZoneoutLSTMCell: zoneout_h must be in [0, 1], but got 1.2."),
     (lambda: dnn.ZoneoutLSTMCell(3, 4, zoneout_c=-1), ValueError,

@@ -12,7 +12,8 @@ r"""Recurrent dropout that stays fast: variational LSTM / GRU, WeightDrop (DropC
   ``weight_hh_l0``), the masked weight passed in with :func:`torch.func.functional_call`, so torch's fused RNN
   path is kept and the parameters stay where they are (``state_dict``, ``.to()``, ``.half()`` untouched).
 - :class:`ZoneoutLSTMCell` (Krueger et al. 2016): an ``nn.LSTMCell`` whose hidden and cell states keep their
-  previous value with probability ``zoneout_h`` / ``zoneout_c`` in training, and take the expectation in eval.
+  previous value with probability ``zoneout_h`` / ``zoneout_c`` in training, and take the expectation in eval;
+  the same as the ``zoneout_h`` / ``zoneout_c`` options of :class:`LSTM` (``zoneout_h`` of :class:`GRU`).
 
 Every mask comes from dropkit's RNG core: a seed per forward call from torch's global CPU generator (or the
 module's ``seed=`` / ``generator=``), masks at fixed offsets of it, and ``dropkit.mc.mc_dropout`` switches
@@ -64,6 +65,31 @@ class _Masks:
         mask = kernels.keep_mask(spec, (rows, features), self.device).to(self.dtype).mul_(scale)
         return mask if self.order is None else mask.index_select(0, self.order)
 
+    def zone(self, p: float, steps: int, rows: int, features: int) -> torch.Tensor | float | None:
+        """Return zoneout's ``(steps, rows, features)`` keep-the-previous-value mask, ``p`` in eval, or ``None``.
+
+        One fresh draw per step and unit (Krueger et al.), indexed by the kernels' row order.
+        """
+        offset, self.offset = self.offset, self.offset + steps * rows * features
+        if p == 0.0:
+            return None
+        if self.seed is None:
+            return p
+        spec = MaskSpec(self.seed, offset, F._threshold(p), 1.0)
+        return ~kernels.keep_mask(spec, (steps, rows, features), self.device)
+
+
+_Zone = torch.Tensor | float | None
+
+
+def _zone(new: torch.Tensor, previous: torch.Tensor, zone: _Zone, t: int) -> torch.Tensor:
+    """Zoneout of one step: keep ``previous`` where the step's mask says so (training), or the expectation (eval)."""
+    if zone is None:
+        return new
+    if isinstance(zone, float):
+        return torch.lerp(new, previous, zone)
+    return torch.where(zone[t, : new.shape[0]], previous, new)
+
 
 def _lstm_steps(
     xw: list[torch.Tensor],
@@ -73,12 +99,15 @@ def _lstm_steps(
     w_hr: torch.Tensor | None,
     mask: torch.Tensor | None,
     reverse: bool,
+    zone_h: _Zone = None,
+    zone_c: _Zone = None,
 ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
     """Run one LSTM direction over precomputed input gates ``xw[t]`` (``x_t W_ih^T + b_ih + b_hh``).
 
     ``xw[t]`` has ``batch_sizes[t]`` rows (non-increasing over t, as in a PackedSequence; all equal when padded).
     Rows that end are frozen at their last state, as torch's kernels do. Returns the outputs of every step
-    (in time order) and the final ``(h, c)`` with all rows.
+    (in time order) and the final ``(h, c)`` with all rows. ``zone_h`` / ``zone_c``: zoneout (see :func:`_zone`);
+    the candidate ``h`` is computed from the candidate ``c``, as in :class:`ZoneoutLSTMCell`.
     """
     w_t = w_hh.t()
     h, c = h0, c0
@@ -89,7 +118,8 @@ def _lstm_steps(
     if reverse:
         rows = xw[-1].shape[0]
         h, c = h0[:rows], c0[:rows]
-    for x_t in steps:
+    for k, x_t in enumerate(steps):
+        t = len(xw) - 1 - k if reverse else k
         rows = x_t.shape[0]
         if rows < h.shape[0]:  # forward direction: sequences that ended keep their last state
             done_h.append(h[rows:])
@@ -101,10 +131,11 @@ def _lstm_steps(
         fed = h if mask is None else h * (mask if rows == mask.shape[0] else mask[:rows])
         gates = torch.addmm(x_t, fed, w_t)
         i, f, g, o = gates.chunk(4, 1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h = torch.sigmoid(o) * torch.tanh(c)
+        c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h_new = torch.sigmoid(o) * torch.tanh(c_new)
         if w_hr is not None:
-            h = torch.mm(h, w_hr.t())
+            h_new = torch.mm(h_new, w_hr.t())
+        c, h = _zone(c_new, c, zone_c, t), _zone(h_new, h, zone_h, t)
         outputs.append(h)
     if reverse:
         outputs.reverse()
@@ -118,6 +149,7 @@ def _gru_steps(
     b_hh: torch.Tensor | None,
     mask: torch.Tensor | None,
     reverse: bool,
+    zone_h: _Zone = None,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     r"""Run one GRU direction over precomputed ``xw[t] = x_t W_ih^T + b_ih``; see :func:`_lstm_steps` for rows.
 
@@ -129,7 +161,8 @@ def _gru_steps(
     h = h0[: xw[-1].shape[0]] if reverse else h0
     outputs: list[torch.Tensor] = []
     done: list[torch.Tensor] = []
-    for x_t in reversed(xw) if reverse else xw:
+    for k, x_t in enumerate(reversed(xw) if reverse else xw):
+        t = len(xw) - 1 - k if reverse else k
         rows = x_t.shape[0]
         if rows < h.shape[0]:
             done.append(h[rows:])
@@ -143,7 +176,7 @@ def _gru_steps(
         r = torch.sigmoid(x_r + h_r)
         z = torch.sigmoid(x_z + h_z)
         n = torch.tanh(x_n + r * h_n)
-        h = n + z * (h - n)
+        h = _zone(n + z * (h - n), h, zone_h, t)
         outputs.append(h)
     if reverse:
         outputs.reverse()
@@ -168,6 +201,7 @@ class _VariationalRNN:
     recurrent_dropout: float
     output_dropout: float
     dropout_mode: str
+    zoneout_h: float
     seed: int | None
     generator: torch.Generator | None
 
@@ -179,8 +213,13 @@ class _VariationalRNN:
         mode: str,
         seed: int | None,
         generator: torch.Generator | None,
+        zoneout_h: float = 0.0,
+        zoneout_c: float = 0.0,
     ) -> None:
         name = type(self).__name__
+        self.zoneout_h = _validate.rate(name, "zoneout_h", zoneout_h)
+        if self.mode == "LSTM":
+            self.zoneout_c = _validate.rate(name, "zoneout_c", zoneout_c)
         self.dropout = _validate.rate(name, "dropout", dropout)
         self.recurrent_dropout = _validate.rate(name, "recurrent_dropout", recurrent_dropout)
         self.output_dropout = _validate.rate(name, "output_dropout", output_dropout)
@@ -198,9 +237,18 @@ class _VariationalRNN:
             _validate.rate(name, "output_dropout", self.output_dropout),
         )
         _validate.recurrent_mode(name, self.dropout_mode, rates[1])
+        if self._zoneout():
+            return True  # a step loop in training and in eval (the expectation)
         if training:
             return any(rates)
         return self.dropout_mode == "classic" and (rates[0] > 0 or rates[2] > 0)
+
+    def _zoneout(self) -> tuple[float, float]:
+        """Return the validated ``(zoneout_h, zoneout_c)``; ``()`` (falsy) when both are 0."""
+        name = type(self).__name__
+        z_h = _validate.rate(name, "zoneout_h", self.zoneout_h)
+        z_c = _validate.rate(name, "zoneout_c", getattr(self, "zoneout_c", 0.0))
+        return (z_h, z_c) if z_h or z_c else ()  # type: ignore[return-value]
 
     def _dropout_repr(self) -> str:
         s = ""
@@ -208,6 +256,10 @@ class _VariationalRNN:
             s += f", recurrent_dropout={self.recurrent_dropout}"
         if self.output_dropout:
             s += f", output_dropout={self.output_dropout}"
+        if self.zoneout_h:
+            s += f", zoneout_h={self.zoneout_h}"
+        if getattr(self, "zoneout_c", 0.0):
+            s += f", zoneout_c={self.zoneout_c}"
         if self.dropout_mode != "inverted":
             s += f", mode={self.dropout_mode!r}"
         return s + ("" if self.seed is None else f", seed={self.seed}")
@@ -279,16 +331,24 @@ class _VariationalRNN:
         out_size = self.proj_size if self.proj_size > 0 else self.hidden_size
         per_direction = len(self._flat_weights) // (self.num_layers * directions)
         finals: list[list[torch.Tensor]] = [[] for _ in states]
+        zoneout = self._zoneout()
+        steps = x.shape[0] if batch_sizes is None else len(batch_sizes)
         for layer in range(self.num_layers):
             in_mask = masks.draw(self.dropout, batch, x.shape[-1])
             rec_masks = [masks.draw(self.recurrent_dropout, batch, out_size) for _ in range(directions)]
+            zones = [
+                (masks.zone(zoneout[0], steps, batch, out_size), masks.zone(zoneout[1], steps, batch, self.hidden_size))
+                if zoneout
+                else (None, None)
+                for _ in range(directions)
+            ]
             if in_mask is not None:
                 x = x * (in_mask if rows is None or not isinstance(in_mask, torch.Tensor) else in_mask[rows])
             first = layer * directions * per_direction
             weights = self._flat_weights[first : first + directions * per_direction]
             layer_states = tuple(s[layer * directions : (layer + 1) * directions] for s in states)
-            if training and self.recurrent_dropout > 0:
-                x, new = self._loop_layer(x, batch_sizes, layer_states, weights, per_direction, rec_masks)
+            if (training and self.recurrent_dropout > 0) or zoneout:
+                x, new = self._loop_layer(x, batch_sizes, layer_states, weights, per_direction, rec_masks, zones)
             else:
                 x, new = self._fused_layer(x, batch_sizes, layer_states, weights, training, layer)
             for kept, state in zip(finals, new, strict=True):
@@ -335,7 +395,7 @@ class _VariationalRNN:
                 )
         return chunk
 
-    def _loop_layer(self, x, batch_sizes, states, weights, per_direction: int, rec_masks):
+    def _loop_layer(self, x, batch_sizes, states, weights, per_direction: int, rec_masks, zones):
         """One layer (both directions) as a step loop with recurrent masks; input gates precomputed in one matmul."""
         lstm = self.mode == "LSTM"
         outputs, finals = [], [[] for _ in states]
@@ -356,10 +416,10 @@ class _VariationalRNN:
                 steps = list(xw.split(batch_sizes.tolist()))
             mask = rec_masks[d] if isinstance(rec_masks[d], torch.Tensor) else None
             if lstm:
-                out, h, c = _lstm_steps(steps, states[0][d], states[1][d], w_hh, w_hr, mask, reverse=d == 1)
+                out, h, c = _lstm_steps(steps, states[0][d], states[1][d], w_hh, w_hr, mask, d == 1, *zones[d])
                 new = (h, c)
             else:
-                out, h = _gru_steps(steps, states[0][d], w_hh, b_hh, mask, reverse=d == 1)
+                out, h = _gru_steps(steps, states[0][d], w_hh, b_hh, mask, d == 1, zones[d][0])
                 new = (h,)
             outputs.append(torch.stack(out) if batch_sizes is None else torch.cat(out))
             for kept, state in zip(finals, new, strict=True):
@@ -389,7 +449,7 @@ class LSTM(_VariationalRNN, nn.LSTM):
         \end{aligned}
 
     The carried :math:`c_t` and the output :math:`h_t` are not masked (Keras' ``LSTM``). With every rate 0, or in
-    eval, this is exactly ``torch.nn.LSTM`` (its own forward runs), and ``load_state_dict`` from a
+    eval (without zoneout), this is exactly ``torch.nn.LSTM`` (its own forward runs), and ``load_state_dict`` from a
     ``torch.nn.LSTM`` works both ways. Input and output dropout run torch's fused kernel once per layer;
     recurrent dropout runs a step loop (the input projection of all steps in one matmul). Packed sequences get
     the same masks as their padded form. MC dropout (``dropkit.mc.mc_dropout``) turns the masks on in eval.
@@ -411,6 +471,10 @@ class LSTM(_VariationalRNN, nn.LSTM):
             (keyword-only; Keras' ``recurrent_dropout``). Runs a step loop, not the fused kernel. Default: ``0.0``.
         output_dropout: Variational dropout rate on the last layer's output sequence (keyword-only). The final
             states ``h_n`` are not masked. Default: ``0.0``.
+        zoneout_h: Zoneout rate of the hidden state (keyword-only; Krueger et al. 2016): each unit keeps its
+            previous value with this probability at each step in training, the expectation in eval (so eval
+            runs the step loop too, and differs from ``torch.nn.LSTM``). Default: ``0.0``.
+        zoneout_c: Zoneout rate of the cell state (keyword-only), as ``zoneout_h``. Default: ``0.0``.
         mode: ``"inverted"`` (kept units scaled by :math:`1/(1-p)`, eval untouched) or ``"classic"`` (no scaling
             in training, inputs and outputs scaled by :math:`1-p` in eval; not with ``recurrent_dropout``).
             Keyword-only. Default: ``"inverted"``.
@@ -457,6 +521,8 @@ class LSTM(_VariationalRNN, nn.LSTM):
         *,
         recurrent_dropout: float = 0.0,
         output_dropout: float = 0.0,
+        zoneout_h: float = 0.0,
+        zoneout_c: float = 0.0,
         mode: str = "inverted",
         seed: int | None = None,
         generator: torch.Generator | None = None,
@@ -473,7 +539,7 @@ class LSTM(_VariationalRNN, nn.LSTM):
             device=device,
             dtype=dtype,
         )
-        self._setup(dropout, recurrent_dropout, output_dropout, mode, seed, generator)
+        self._setup(dropout, recurrent_dropout, output_dropout, mode, seed, generator, zoneout_h, zoneout_c)
 
     def extra_repr(self) -> str:
         """Describe the hyperparameters: torch's, then the dropout rates that are set."""
@@ -496,7 +562,7 @@ class GRU(_VariationalRNN, nn.GRU):
         \end{aligned}
 
     with :math:`\tilde x_t = x_t \odot m^{x,l}` and :math:`\tilde h_{t-1} = h_{t-1} \odot m^{h,l,d}`. With
-    every rate 0, or in eval, this is exactly ``torch.nn.GRU``.
+    every rate 0, or in eval (without zoneout), this is exactly ``torch.nn.GRU``.
 
     Args:
         input_size: The number of expected features in the input ``x``.
@@ -514,6 +580,9 @@ class GRU(_VariationalRNN, nn.GRU):
             (keyword-only; Keras' ``recurrent_dropout``). Runs a step loop, not the fused kernel. Default: ``0.0``.
         output_dropout: Variational dropout rate on the last layer's output sequence (keyword-only). The final
             states ``h_n`` are not masked. Default: ``0.0``.
+        zoneout_h: Zoneout rate of the hidden state (keyword-only; Krueger et al. 2016): each unit keeps its
+            previous value with this probability at each step in training, the expectation in eval (so eval
+            runs the step loop too, and differs from ``torch.nn.GRU``). Default: ``0.0``.
         mode: ``"inverted"`` (kept units scaled by :math:`1/(1-p)`, eval untouched) or ``"classic"`` (no scaling
             in training, inputs and outputs scaled by :math:`1-p` in eval; not with ``recurrent_dropout``).
             Keyword-only. Default: ``"inverted"``.
@@ -551,6 +620,7 @@ class GRU(_VariationalRNN, nn.GRU):
         *,
         recurrent_dropout: float = 0.0,
         output_dropout: float = 0.0,
+        zoneout_h: float = 0.0,
         mode: str = "inverted",
         seed: int | None = None,
         generator: torch.Generator | None = None,
@@ -566,7 +636,7 @@ class GRU(_VariationalRNN, nn.GRU):
             device=device,
             dtype=dtype,
         )
-        self._setup(dropout, recurrent_dropout, output_dropout, mode, seed, generator)
+        self._setup(dropout, recurrent_dropout, output_dropout, mode, seed, generator, zoneout_h)
 
     def extra_repr(self) -> str:
         """Describe the hyperparameters: torch's, then the dropout rates that are set."""
