@@ -327,3 +327,34 @@ def alias(op: str, name: str, value: object, other: str, other_value: object, de
     if value != default:
         raise ValueError(f"{op}: pass either {name} or {other}, not both.")
     return other_value
+
+
+# --- recurrent dropout (nn.recurrent): LSTM / GRU rates, WeightDrop, zoneout ---------------------------------------
+
+
+def rate(op: str, name: str, value: object) -> float:
+    """Return ``value`` as a float if it is a real number in ``[0, 1]`` (NaN fails); name the argument otherwise."""
+    number = real(op, name, value)
+    if not (0.0 <= number <= 1.0):
+        raise _fail(op, name, "in [0, 1]", value)
+    return number
+
+
+def recurrent_mode(op: str, mode: str, recurrent_dropout: float) -> None:
+    """Refuse ``mode='classic'`` with recurrent dropout: test-time scaling of the fed-back state has no exact eval."""
+    if mode != "inverted" and recurrent_dropout > 0:
+        raise ValueError(
+            f"{op}: mode must be 'inverted' when recurrent_dropout > 0, but got {mode!r}. Scaling the fed-back "
+            "state by (1 - p) at test time does not give the expected training output of a recurrence; use "
+            "mode='inverted' (or recurrent_dropout=0)."
+        )
+
+
+def weight_names(op: str, value: object, available: list[str]) -> list[str]:
+    """Return ``value`` as a non-empty list of names, each one of ``available`` (a module's parameter names)."""
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value:
+        raise _fail(op, "weights", "a non-empty list of parameter names", value, TypeError)
+    for name in value:
+        if not isinstance(name, str) or name not in available:
+            raise _fail(op, "weights", "names of the module's parameters (" + ", ".join(available) + ")", name)
+    return list(value)

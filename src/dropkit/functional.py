@@ -1719,3 +1719,69 @@ drop_block3d = _drop_block_op(
 for _name in ("stochastic_depth", "drop_path", "drop_block1d", "drop_block2d", "drop_block3d"):
     torch.fx.wrap(_name)
 del _name
+
+
+# --- recurrent: zoneout (issue 5; modules in dropkit.nn.recurrent) -------------------------------------------------
+
+__all__ += ["zoneout"]
+
+
+def zoneout(
+    input: torch.Tensor,
+    previous: torch.Tensor,
+    p: float = 0.1,
+    training: bool = True,
+    *,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    r"""Zoneout: each unit keeps its previous value with probability ``p`` instead of taking the update.
+
+    In training, :math:`y = d \odot \text{previous} + (1 - d) \odot \text{input}` with
+    :math:`d_i \sim \mathrm{Bernoulli}(p)` drawn independently per element (and per call, so per time step when
+    called once per step); in eval the expectation :math:`y = p\,\text{previous} + (1 - p)\,\text{input}`.
+    Gradients flow to ``input`` where the update was taken and to ``previous`` where it was kept.
+
+    Args:
+        input: The new state :math:`\tilde h_t`, any shape.
+        previous: The previous state :math:`h_{t-1}`, broadcastable to ``input``'s shape.
+        p: Probability of keeping the previous value (the zoneout rate). Must satisfy ``0 <= p <= 1``.
+            Default: ``0.1``.
+        training: Stochastic if ``True``; the expectation otherwise. Default: ``True``.
+        seed: Explicit 64-bit seed. Default: ``None``.
+        generator: Generator to draw the seed from. Default: torch's global CPU generator.
+
+    Shape:
+        - Input: :math:`(*)`; previous: broadcastable to it.
+        - Output: same as input.
+
+    Returns:
+        Tensor with the shape, dtype and device of ``input``.
+
+    Raises:
+        ValueError: If ``p`` is outside ``[0, 1]``.
+        TypeError: If ``input`` or ``previous`` is not a floating-point tensor.
+
+    Example:
+        >>> zoneout(torch.ones(4), torch.zeros(4), p=0.5, seed=0)
+        tensor([1., 0., 0., 0.])
+        >>> zoneout(torch.ones(2), torch.zeros(2), p=0.25, training=False)
+        tensor([0.7500, 0.7500])
+
+    References:
+        Krueger et al., "Zoneout: Regularizing RNNs by Randomly Preserving Hidden Activations", ICLR 2017,
+        https://arxiv.org/abs/1606.01305
+    """
+    p = _validate.rate("zoneout", "p", p)
+    _validate.seed_source("zoneout", seed, generator)
+    _validate.tensor_input("zoneout", input, True)
+    if not isinstance(previous, torch.Tensor) or not previous.is_floating_point():
+        name = previous.dtype if isinstance(previous, torch.Tensor) else type(previous).__name__
+        raise TypeError(f"zoneout: previous must be a floating-point torch.Tensor, but got {name!r}.")
+    if not (bool(training) or _forced_training):
+        return input if p == 0.0 else torch.lerp(input, previous.to(input.dtype).expand_as(input), p)
+    if p == 0.0 or input.numel() == 0:
+        return input
+    spec = MaskSpec(_seed(seed, generator), 0, _threshold(p), 1.0)
+    update = kernels.keep_mask(spec, tuple(input.shape), input.device)
+    return torch.where(update, input, previous.to(input.dtype))

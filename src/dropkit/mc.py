@@ -51,7 +51,7 @@ DROPKIT_NOISE: tuple[type[nn.Module], ...] = (dnn.GaussianDropout, dnn.GaussianN
 STOCHASTIC_CLASS_NAMES = frozenset(
     {"DropPath", "StochasticDepth", "DropBlock1d", "DropBlock2d", "DropBlock3d", "DropBlock", "DropConnect",
      "DropConnectLinear", "DropConnectConv1d", "DropConnectConv2d", "WeightDrop", "GaussianDropout", "GaussianNoise",
-     "ConcreteDropout"}
+     "ConcreteDropout", "ZoneoutLSTMCell"}
 )  # fmt: skip
 #: torch modules whose eval-mode fast path skips their dropout submodules: they must be in training mode.
 TORCH_FAST_PATHS: tuple[type[nn.Module], ...] = (
@@ -63,7 +63,18 @@ TORCH_FAST_PATHS: tuple[type[nn.Module], ...] = (
     nn.MultiheadAttention,
 )
 #: Float attributes through which attention/RNN modules gate dropout on ``self.training``.
-GATED_ATTRIBUTES = ("dropout", "dropout_p", "dropout_prob", "attention_dropout", "attn_dropout", "drop_prob")
+GATED_ATTRIBUTES = (
+    "dropout",
+    "dropout_p",
+    "dropout_prob",
+    "attention_dropout",
+    "attn_dropout",
+    "drop_prob",
+    "recurrent_dropout",
+    "output_dropout",
+    "zoneout_h",
+    "zoneout_c",
+)
 
 _FUNCTIONAL_STRUCTURED = ("drop_path", "drop_block", "stochastic_depth")  #: dropkit/timm/torchvision op names
 _FUNCTIONAL_NAMES = ("dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout")

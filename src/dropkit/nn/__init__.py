@@ -12,6 +12,7 @@ from .dropout import (
     GaussianNoise,
 )
 from .fused import BiasDropoutAdd, DropoutAddLayerNorm, DropoutAddRMSNorm
+from .recurrent import GRU, LSTM, WeightDrop, ZoneoutLSTMCell, weight_drop
 from .structured import DropBlock1d, DropBlock2d, DropBlock3d, DropBlockScheduler, DropPath, StochasticDepth
 from .weights import DropConnect, DropConnectConv1d, DropConnectConv2d, DropConnectLinear
 
@@ -39,4 +40,9 @@ __all__ = [
     "DropBlock2d",
     "DropBlock3d",
     "DropBlockScheduler",
+    "LSTM",
+    "GRU",
+    "ZoneoutLSTMCell",
+    "WeightDrop",
+    "weight_drop",
 ]
