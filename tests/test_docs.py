@@ -139,3 +139,14 @@ def test_guide_snippets_run(page, monkeypatch, tmp_path):
     for i, block in enumerate(FENCE.findall(page.read_text())):
         code = compile(block, f"{page.name}[block {i}]", "exec")
         exec(code, namespace)  # noqa: S102 - the docs' own snippets
+
+
+def test_every_figure_a_page_shows_is_drawn_by_the_build():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("docs_figures", DOCS / "figures.py")
+    figures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(figures)  # registers the figures; drawing them is the docs build's job
+    shown = {m for page in DOCS.rglob("*.md") for m in re.findall(r"figures/([\w-]+\.png)", page.read_text())}
+    assert shown and shown <= set(figures.FIGURES), shown - set(figures.FIGURES)
+    assert "docs/hooks.py" in MKDOCS
