@@ -8,7 +8,7 @@ source files are untouched):
 - ``:math:`x``` → ``$x$`` and ``.. math::`` blocks → ``$$ ... $$`` (MathJax through ``pymdownx.arithmatex``);
 - ``:func:`x```, ``:class:`x```, ``:mod:`x```, ``:meth:`x```, ``:data:`x```, ``:attr:`x``` → ``x`` as code;
 - an ``Example:`` section heading → ``Examples:``, the section griffe renders doctests of as code;
-- reST simple tables (``====  ====``) → a code block, so their columns stay aligned;
+- reST simple tables (``====  ====``) of two columns → a list; wider ones → a code block;
 - dunder attributes that runtime inspection lists on classes (``__doc__``, ...) are dropped;
 - a constant or field with no docstring gets the text of its ``#:`` comment (same line or the line above).
 """
@@ -59,14 +59,30 @@ def _tables(text: str) -> str:
         if _TABLE_RULE.match(lines[i]):
             end = next((j for j in range(i + 1, len(lines)) if _TABLE_RULE.match(lines[j])), None)
             if end is not None:
-                block = textwrap.dedent("\n".join(lines[i : end + 1]))
-                indent = " " * (len(lines[i]) - len(lines[i].lstrip()))
-                out += [indent + "```text", *(indent + row for row in block.splitlines()), indent + "```"]
+                out += _table_rows(lines[i : end + 1])
                 i = end + 1
                 continue
         out.append(lines[i])
         i += 1
     return "\n".join(out)
+
+
+def _table_rows(lines: list[str]) -> list[str]:
+    """A two-column simple table as a Markdown list (``- first: second``); wider tables as a code block."""
+    rule = lines[0]
+    indent = " " * (len(rule) - len(rule.lstrip()))
+    columns = [m.start() for m in re.finditer(r"=+", rule)]
+    if len(columns) != 2:
+        block = textwrap.dedent("\n".join(lines))
+        return [indent + "```text", *(indent + row for row in block.splitlines()), indent + "```"]
+    items: list[list[str]] = []
+    for line in lines[1:-1]:
+        first, second = line[: columns[1]].strip(), line[columns[1] :].strip()
+        if first:
+            items.append([first, second])
+        elif items and second:
+            items[-1][1] += " " + second
+    return ["", *(f"{indent}- {first}: {second}" for first, second in items), ""]
 
 
 def to_markdown(text: str) -> str:
