@@ -19,7 +19,6 @@ input itself.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -97,18 +96,30 @@ def _force_training(on: bool) -> None:
     _forced_training = on
 
 
-@functools.lru_cache(maxsize=1024)
+_thresholds: dict[float, int] = {}
+
+
+@torch.compiler.assume_constant_result  # a constant of the graph while torch traces (numpy inside)
 def _threshold(p: float) -> int:
-    return rng.keep_threshold(p)
+    threshold = _thresholds.get(p)
+    if threshold is None:
+        threshold = _thresholds[p] = rng.keep_threshold(p)
+    return threshold
 
 
 _seed_override = None  # set by dropkit.consistent.frozen_masks: a callable giving the seed of the current site
 
 
 def _seed(seed: int | None, generator: torch.Generator | None) -> int:
+    """Return the call's seed: ``seed`` itself, or one drawn from ``generator`` (torch's CPU generator if ``None``).
+
+    Drawn seeds go through :func:`dropkit.rng.draw_seed_mixed`: replayed when ``torch.utils.checkpoint``
+    recomputes, rank-mixed under :func:`dropkit.rng.parallel`, and a 0-d int64 tensor drawn by a custom op
+    while torch traces (the same value eager draws).
+    """
     if seed is None and _seed_override is not None:  # frozen masks: one fixed seed per call site
         return _seed_override()
-    return int(seed) if seed is not None else rng.draw_seed(generator)
+    return int(seed) if seed is not None else rng.draw_seed_mixed(generator)
 
 
 def _spec(
@@ -122,10 +133,18 @@ def _spec(
     mask_dims: int = -1,
 ) -> MaskSpec:
     """Return the mask spec of one call: seeded from ``seed``, a torch generator, or a device generator."""
+    part = rng.current_shard()
+    shard = None
+    if part is not None:  # global element indices of a shard (dropkit.rng.shard)
+        dim = _validate.shard_fits("shard", tuple(input.shape), part.dim, part.start, part.size)
+        shard = (dim, part.start, part.size)
     if isinstance(generator, rng.DeviceGenerator):
-        state = generator.draw(math.prod(input.shape[:mask_dims] if mask_dims >= 0 else input.shape))
-        return MaskSpec(0, 0, _threshold(p), scale, bias, fill, mask_dims, state=state.to(input.device))
-    return MaskSpec(_seed(seed, generator), 0, _threshold(p), scale, bias, fill, mask_dims)
+        shape = list(input.shape[:mask_dims] if mask_dims >= 0 else input.shape)
+        if shard is not None and shard[0] < len(shape):
+            shape[shard[0]] = shard[2]  # advance past the global tensor's mask
+        state = generator.draw(math.prod(shape))
+        return MaskSpec(0, 0, _threshold(p), scale, bias, fill, mask_dims, state=state.to(input.device), shard=shard)
+    return MaskSpec(_seed(seed, generator), 0, _threshold(p), scale, bias, fill, mask_dims, shard=shard)
 
 
 def _checked(

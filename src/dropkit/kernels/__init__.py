@@ -51,6 +51,7 @@ class MaskSpec:
     fill: float = 0.0
     mask_dims: int = -1  # -1: every dimension (element-wise)
     state: torch.Tensor | None = None  # int64 (seed, offset) on the device: read there instead of seed/offset
+    shard: tuple[int, int, int] | None = None  # (dim, start, size): the input is that slice of a global tensor
 
     def resolved(self) -> MaskSpec:
         """Return the spec with ``state`` read into ``seed`` and ``offset`` (a host sync on CUDA)."""
@@ -129,10 +130,44 @@ def _select(device: torch.device, dtype: torch.dtype) -> str:
     return "reference"
 
 
+def _place(spec: MaskSpec, mask_shape: tuple[int, ...]) -> MaskSpec:
+    """Return ``spec`` with its shard turned into a plain offset where it is one (dim 0), or dropped where moot."""
+    if spec.shard is None:
+        return spec
+    dim, start, size = spec.shard
+    if dim >= len(mask_shape) or (spec.mask_dims >= 0 and dim >= spec.mask_dims):
+        return dataclasses.replace(spec, shard=None)  # the mask broadcasts over the sharded dimension
+    inner = math.prod(mask_shape[dim + 1 :])
+    if math.prod(mask_shape[:dim]) == 1:  # one contiguous run of global indices
+        return dataclasses.replace(spec, offset=spec.offset + start * inner, shard=None)
+    return spec
+
+
+def _sharded_keep_mask(spec: MaskSpec, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Keep mask of a shard: the mask of the span of global indices it covers, sliced along the sharded dim."""
+    dim, start, size = spec.shard  # type: ignore[misc]
+    outer, local, inner = math.prod(shape[:dim]), shape[dim], math.prod(shape[dim + 1 :])
+    span = (outer - 1) * size * inner + local * inner
+    flat = keep_mask(dataclasses.replace(spec, offset=spec.offset + start * inner, shard=None), (span,), device)
+    rows = torch.nn.functional.pad(flat, (0, outer * size * inner - span)).reshape(outer, size * inner)
+    return rows[:, : local * inner].reshape(shape)
+
+
 def keep_mask(spec: MaskSpec, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
     """Return the bool keep mask of ``spec`` with the given (mask) shape."""
     numel = math.prod(shape)
     device = torch.device(device)
+    spec = _place(spec, tuple(shape))
+    if torch.compiler.is_compiling():
+        if spec.shard is not None or _select(device, torch.float32) != "triton":
+            from . import ops
+
+            return ops.keep_mask(spec, tuple(shape), device)
+        from . import ops
+
+        spec = ops.traced_state(spec)
+    if spec.shard is not None:
+        return _sharded_keep_mask(spec, tuple(shape), device)
     if _select(device, torch.float32) == "triton":
         from . import triton
 
@@ -162,8 +197,21 @@ def apply(
     ``residual + map(x + bias)`` (fused on the Triton path).
     """
     mask_shape = spec.mask_shape(x.shape)
+    spec = _place(spec, mask_shape)
     row = x.numel() // max(1, math.prod(mask_shape))
-    which = select(x)
+    which = "reference" if spec.shard is not None else select(x)
+    if torch.compiler.is_compiling():  # one traceable node: custom ops for the host path, triton_op on the GPU
+        from . import ops
+
+        dense = x.is_contiguous() and all(t is None or t.is_contiguous() for t in (out, residual))
+        if which != "triton" or not dense:
+            if bias is not None or residual is not None:
+                y = ops.masked_affine(x if bias is None else x + bias, spec)
+                y = y if residual is None else y + residual
+            else:
+                y = ops.masked_affine(x, spec)
+            return y if out is None else out.copy_(y)
+        spec = ops.traced_state(spec)
     contiguous = x.is_contiguous() and (out is None or out.is_contiguous())
     if which == "triton" and contiguous and (residual is None or residual.is_contiguous()):
         from . import triton

@@ -1,0 +1,161 @@
+"""Custom ops that give ``torch.compile`` and ``torch.export`` one opaque node per seed draw and per CPU kernel.
+
+Internal. In eager mode nothing here runs: ops call the kernels directly and draw seeds as Python ints.
+While torch traces (:func:`torch.compiler.is_compiling`), two things would break the graph:
+
+- the seed draw ``int(torch.randint(...))`` on torch's CPU generator (a host read), and
+- the numba kernels, which dynamo cannot look into.
+
+``dropkit::draw_seed`` draws the seed at run time from the same generator, in the same order, and returns
+it as a 0-d int64 tensor, so a compiled model draws exactly the seeds (and hence masks) eager draws for the
+same ``torch.manual_seed``. It is tagged ``nondeterministic_seeded``, so the partitioner never recomputes it
+in backward and constant folding leaves it alone; a per-trace call number keeps CSE from merging two draws.
+``dropkit::masked_affine_host`` and ``dropkit::keep_mask_host`` wrap the CPU (numba / reference) kernels,
+taking the mask spec as plain ints and floats plus an optional ``(seed, offset)`` state tensor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import weakref
+
+import torch
+
+__all__ = ["draw_seed", "generator_slot", "masked_affine", "keep_mask"]
+
+_generators: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+_strong: dict[int, torch.Generator] = {}
+_calls = 0
+
+
+def generator_slot(generator: torch.Generator | None) -> int:
+    """Return the slot through which :func:`draw_seed` finds ``generator`` at run time (``-1``: torch's default)."""
+    if generator is None:
+        return -1
+    key = id(generator)
+    try:
+        _generators[key] = generator
+    except TypeError:  # not weak-referenceable: keep it alive
+        _strong[key] = generator
+    return key
+
+
+def _generator(slot: int) -> torch.Generator | None:
+    if slot == -1:
+        return None
+    return _strong.get(slot) or _generators[slot]
+
+
+@torch.library.custom_op("dropkit::draw_seed", mutates_args=(), tags=(torch.Tag.nondeterministic_seeded,))
+def _draw_seed_op(slot: int, call: int) -> torch.Tensor:
+    from .. import rng
+
+    return torch.tensor(rng.draw_seed(_generator(slot)), dtype=torch.int64)
+
+
+@_draw_seed_op.register_fake
+def _(slot: int, call: int) -> torch.Tensor:
+    return torch.empty((), dtype=torch.int64)
+
+
+def draw_seed(generator: torch.Generator | None) -> torch.Tensor:
+    """Return a seed drawn at run time from ``generator`` as a 0-d int64 CPU tensor (traceable)."""
+    global _calls
+    _calls += 1
+    return _draw_seed_op(generator_slot(generator), _calls)
+
+
+def _signed(value: int) -> int:
+    return value - 2**64 if value >= 2**63 else value
+
+
+def _spec_from(state, seed, offset, threshold, scale, bias, fill, mask_dims, shard):
+    from . import MaskSpec
+
+    return MaskSpec(
+        seed % 2**64, offset, threshold, scale, bias, fill, mask_dims, state, None if shard[2] < 0 else tuple(shard)
+    )
+
+
+@torch.library.custom_op("dropkit::masked_affine_host", mutates_args=())
+def _masked_affine_op(
+    x: torch.Tensor,
+    state: torch.Tensor | None,
+    seed: int,
+    offset: int,
+    threshold: int,
+    scale: float,
+    bias: float,
+    fill: float,
+    mask_dims: int,
+    shard: list[int],
+) -> torch.Tensor:
+    from . import apply
+
+    spec = _spec_from(state, seed, offset, threshold, scale, bias, fill, mask_dims, shard)
+    y = apply(x, spec)
+    return y.clone(memory_format=torch.contiguous_format) if y is x or not y.is_contiguous() else y
+
+
+@_masked_affine_op.register_fake
+def _(x, state, seed, offset, threshold, scale, bias, fill, mask_dims, shard):
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+@torch.library.custom_op("dropkit::keep_mask_host", mutates_args=())
+def _keep_mask_op(
+    state: torch.Tensor | None,
+    seed: int,
+    offset: int,
+    threshold: int,
+    shape: list[int],
+    device: torch.device,
+    shard: list[int],
+) -> torch.Tensor:
+    from . import keep_mask
+
+    spec = _spec_from(state, seed, offset, threshold, 1.0, 0.0, 0.0, -1, shard)
+    mask = keep_mask(spec, tuple(shape), device)
+    return mask if mask.is_contiguous() else mask.contiguous()
+
+
+@_keep_mask_op.register_fake
+def _(state, seed, offset, threshold, shape, device, shard):
+    return torch.empty(shape, dtype=torch.bool, device=device)
+
+
+def _args(spec) -> tuple:
+    state, seed = spec.state, spec.seed
+    if isinstance(seed, torch.Tensor):  # a traced draw: carry it as the state tensor
+        base = seed.reshape(1)
+        drawn = torch.cat((base, torch.zeros_like(base)))
+        state = drawn if state is None else state + drawn
+        seed = 0
+    shard = list(spec.shard) if spec.shard is not None else [0, 0, -1]
+    return state, _signed(int(seed)), spec.offset, spec.threshold, shard
+
+
+def traced_state(spec):
+    """Return ``spec`` with a traced (tensor) seed moved into its ``state`` tensor."""
+    if not isinstance(spec.seed, torch.Tensor):
+        return spec
+    state, seed, _, _, _ = _args(spec)
+    return dataclasses.replace(spec, seed=seed, state=state)
+
+
+def masked_affine(x: torch.Tensor, spec) -> torch.Tensor:
+    """Traceable masked affine map of ``x`` under ``spec`` on the host (numba or reference) path."""
+    state, seed, offset, threshold, shard = _args(spec)
+    if state is not None:
+        state = state.to(x.device)
+    return _masked_affine_op(
+        x, state, seed, offset, threshold, float(spec.scale), float(spec.bias), float(spec.fill), spec.mask_dims, shard
+    )
+
+
+def keep_mask(spec, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Traceable bool keep mask of ``spec`` with the given shape on the host path."""
+    state, seed, offset, threshold, shard = _args(spec)
+    if state is not None:
+        state = state.to(device)
+    return _keep_mask_op(state, seed, offset, threshold, [int(d) for d in shape], torch.device(device), shard)
