@@ -52,7 +52,8 @@ class _MaskedAffineFn(torch.autograd.Function):
         ctx.spec = spec
         if inplace:
             ctx.mark_dirty(x)
-            return kernels.apply(x, spec, out=x)
+            kernels.apply(x, spec, out=x)
+            return x  # x itself (dynamo checks that a dirty input is what forward returns)
         return kernels.apply(x, spec)
 
     @staticmethod
@@ -133,6 +134,10 @@ def _spec(
     mask_dims: int = -1,
 ) -> MaskSpec:
     """Return the mask spec of one call: seeded from ``seed``, a torch generator, or a device generator."""
+    if torch.compiler.is_compiling() and kernels.select(input) != "triton":
+        threshold, traced_p = -1, p  # p may be symbolic (a schedule changes it): the host op derives the threshold
+    else:
+        threshold, traced_p = _threshold(p), None
     part = rng.current_shard()
     shard = None
     if part is not None:  # global element indices of a shard (dropkit.rng.shard)
@@ -143,8 +148,9 @@ def _spec(
         if shard is not None and shard[0] < len(shape):
             shape[shard[0]] = shard[2]  # advance past the global tensor's mask
         state = generator.draw(math.prod(shape))
-        return MaskSpec(0, 0, _threshold(p), scale, bias, fill, mask_dims, state=state.to(input.device), shard=shard)
-    return MaskSpec(_seed(seed, generator), 0, _threshold(p), scale, bias, fill, mask_dims, shard=shard)
+        state = state.to(input.device)
+        return MaskSpec(0, 0, threshold, scale, bias, fill, mask_dims, state=state, shard=shard, p=traced_p)
+    return MaskSpec(_seed(seed, generator), 0, threshold, scale, bias, fill, mask_dims, shard=shard, p=traced_p)
 
 
 def _checked(

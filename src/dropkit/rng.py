@@ -244,6 +244,10 @@ def normal(shape: ShapeLike, seed: int, offset: int = 0, *, device: torch.device
         float32 tensor of the given shape.
     """
     n, dims = _numel(shape)
+    if torch.compiler.is_compiling():  # one opaque node: compiled code would round log/cos differently
+        from .kernels import ops
+
+        return ops.normal(dims, seed, offset, device)
     grouped, start = _grouped_words(n, seed, offset, device)
     u = uint32_to_uniform(grouped)
     radius = torch.sqrt(-2.0 * torch.log(u[:, 0::2].clamp_min(1.0e-7)))

@@ -52,6 +52,7 @@ class MaskSpec:
     mask_dims: int = -1  # -1: every dimension (element-wise)
     state: torch.Tensor | None = None  # int64 (seed, offset) on the device: read there instead of seed/offset
     shard: tuple[int, int, int] | None = None  # (dim, start, size): the input is that slice of a global tensor
+    p: float | None = None  # while tracing with a symbolic p: threshold is -1, derived from p at run time
 
     def resolved(self) -> MaskSpec:
         """Return the spec with ``state`` read into ``seed`` and ``offset`` (a host sync on CUDA)."""
@@ -159,7 +160,7 @@ def keep_mask(spec: MaskSpec, shape: tuple[int, ...], device: torch.device) -> t
     device = torch.device(device)
     spec = _place(spec, tuple(shape))
     if torch.compiler.is_compiling():
-        if spec.shard is not None or _select(device, torch.float32) != "triton":
+        if spec.shard is not None or spec.p is not None or _select(device, torch.float32) != "triton":
             from . import ops
 
             return ops.keep_mask(spec, tuple(shape), device)
@@ -204,7 +205,7 @@ def apply(
         from . import ops
 
         dense = x.is_contiguous() and all(t is None or t.is_contiguous() for t in (out, residual))
-        if which != "triton" or not dense:
+        if which != "triton" or not dense or spec.p is not None:
             if bias is not None or residual is not None:
                 y = ops.masked_affine(x if bias is None else x + bias, spec)
                 y = y if residual is None else y + residual

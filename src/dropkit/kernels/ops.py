@@ -17,33 +17,29 @@ taking the mask spec as plain ints and floats plus an optional ``(seed, offset)`
 from __future__ import annotations
 
 import dataclasses
-import weakref
 
 import torch
 
-__all__ = ["draw_seed", "generator_slot", "masked_affine", "keep_mask"]
+__all__ = ["draw_seed", "generator_slot", "masked_affine", "keep_mask", "normal"]
 
-_generators: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
-_strong: dict[int, torch.Generator] = {}
+_generators: dict[int, torch.Generator] = {}  # slot -> generator, filled at trace time
 _calls = 0
 
 
+@torch.compiler.assume_constant_result  # runs (and registers) while dynamo traces, so the op finds it at run time
 def generator_slot(generator: torch.Generator | None) -> int:
     """Return the slot through which :func:`draw_seed` finds ``generator`` at run time (``-1``: torch's default)."""
     if generator is None:
         return -1
     key = id(generator)
-    try:
-        _generators[key] = generator
-    except TypeError:  # not weak-referenceable: keep it alive
-        _strong[key] = generator
+    _generators[key] = generator
     return key
 
 
 def _generator(slot: int) -> torch.Generator | None:
     if slot == -1:
         return None
-    return _strong.get(slot) or _generators[slot]
+    return _generators[slot]
 
 
 @torch.library.custom_op("dropkit::draw_seed", mutates_args=(), tags=(torch.Tag.nondeterministic_seeded,))
@@ -69,9 +65,12 @@ def _signed(value: int) -> int:
     return value - 2**64 if value >= 2**63 else value
 
 
-def _spec_from(state, seed, offset, threshold, scale, bias, fill, mask_dims, shard):
+def _spec_from(state, seed, offset, threshold, scale, bias, fill, mask_dims, shard, p=0.0):
+    from .. import rng
     from . import MaskSpec
 
+    if threshold < 0:  # p was symbolic while tracing: derive the threshold now
+        threshold = rng.keep_threshold(p)
     return MaskSpec(
         seed % 2**64, offset, threshold, scale, bias, fill, mask_dims, state, None if shard[2] < 0 else tuple(shard)
     )
@@ -89,16 +88,17 @@ def _masked_affine_op(
     fill: float,
     mask_dims: int,
     shard: list[int],
+    p: float,
 ) -> torch.Tensor:
     from . import apply
 
-    spec = _spec_from(state, seed, offset, threshold, scale, bias, fill, mask_dims, shard)
+    spec = _spec_from(state, seed, offset, threshold, scale, bias, fill, mask_dims, shard, p)
     y = apply(x, spec)
     return y.clone(memory_format=torch.contiguous_format) if y is x or not y.is_contiguous() else y
 
 
 @_masked_affine_op.register_fake
-def _(x, state, seed, offset, threshold, scale, bias, fill, mask_dims, shard):
+def _(x, state, seed, offset, threshold, scale, bias, fill, mask_dims, shard, p):
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
@@ -111,16 +111,17 @@ def _keep_mask_op(
     shape: list[int],
     device: torch.device,
     shard: list[int],
+    p: float,
 ) -> torch.Tensor:
     from . import keep_mask
 
-    spec = _spec_from(state, seed, offset, threshold, 1.0, 0.0, 0.0, -1, shard)
+    spec = _spec_from(state, seed, offset, threshold, 1.0, 0.0, 0.0, -1, shard, p)
     mask = keep_mask(spec, tuple(shape), device)
     return mask if mask.is_contiguous() else mask.contiguous()
 
 
 @_keep_mask_op.register_fake
-def _(state, seed, offset, threshold, shape, device, shard):
+def _(state, seed, offset, threshold, shape, device, shard, p):
     return torch.empty(shape, dtype=torch.bool, device=device)
 
 
@@ -148,8 +149,9 @@ def masked_affine(x: torch.Tensor, spec) -> torch.Tensor:
     state, seed, offset, threshold, shard = _args(spec)
     if state is not None:
         state = state.to(x.device)
+    p = 0.0 if spec.p is None else spec.p
     return _masked_affine_op(
-        x, state, seed, offset, threshold, float(spec.scale), float(spec.bias), float(spec.fill), spec.mask_dims, shard
+        x, state, seed, offset, threshold, spec.scale, spec.bias, spec.fill, spec.mask_dims, shard, p
     )
 
 
@@ -158,4 +160,32 @@ def keep_mask(spec, shape: tuple[int, ...], device: torch.device) -> torch.Tenso
     state, seed, offset, threshold, shard = _args(spec)
     if state is not None:
         state = state.to(device)
-    return _keep_mask_op(state, seed, offset, threshold, [int(d) for d in shape], torch.device(device), shard)
+    p = 0.0 if spec.p is None else spec.p
+    return _keep_mask_op(state, seed, offset, threshold, [int(d) for d in shape], torch.device(device), shard, p)
+
+
+@torch.library.custom_op("dropkit::normal_host", mutates_args=())
+def _normal_op(
+    state: torch.Tensor | None, seed: int, offset: int, shape: list[int], device: torch.device
+) -> torch.Tensor:
+    from .. import rng
+
+    if state is not None:
+        seed, base = (int(v) for v in state.tolist())
+        offset += base
+    return rng.normal(tuple(shape), seed % 2**64, offset, device=device)
+
+
+@_normal_op.register_fake
+def _(state, seed, offset, shape, device):
+    return torch.empty(shape, dtype=torch.float32, device=device)
+
+
+def normal(shape: tuple[int, ...], seed, offset: int, device) -> torch.Tensor:
+    """Traceable :func:`dropkit.rng.normal`: one node, the eager values bit for bit (no re-derived log/cos)."""
+    state = None
+    if isinstance(seed, torch.Tensor):
+        base = seed.reshape(1)
+        state, seed = torch.cat((base, torch.zeros_like(base))), 0
+    device = torch.device("cpu" if device is None else device)
+    return _normal_op(state, _signed(int(seed)), int(offset), [int(d) for d in shape], device)
