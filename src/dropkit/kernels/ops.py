@@ -43,22 +43,29 @@ def _generator(slot: int) -> torch.Generator | None:
 
 
 @torch.library.custom_op("dropkit::draw_seed", mutates_args=(), tags=(torch.Tag.nondeterministic_seeded,))
-def _draw_seed_op(slot: int, call: int) -> torch.Tensor:
+def _draw_seed_op(slot: int, call: int, anchor: torch.Tensor) -> torch.Tensor:
     from .. import rng
 
     return torch.tensor(rng.draw_seed(_generator(slot)), dtype=torch.int64)
 
 
 @_draw_seed_op.register_fake
-def _(slot: int, call: int) -> torch.Tensor:
+def _(slot: int, call: int, anchor: torch.Tensor) -> torch.Tensor:
     return torch.empty((), dtype=torch.int64)
+
+
+@torch.compiler.assume_constant_result  # runs at trace time: a distinct constant per draw, no traced side effect
+def _call_number() -> int:
+    global _calls
+    _calls += 1
+    return _calls
 
 
 def draw_seed(generator: torch.Generator | None) -> torch.Tensor:
     """Return a seed drawn at run time from ``generator`` as a 0-d int64 CPU tensor (traceable)."""
-    global _calls
-    _calls += 1
-    return _draw_seed_op(generator_slot(generator), _calls)
+    # anchor: an empty CPU tensor naming the device seeds are drawn on. Selective activation checkpointing under
+    # compile wraps a recomputed random op in run_and_save_rng_state, which finds the op's device from a tensor
+    return _draw_seed_op(generator_slot(generator), _call_number(), torch.empty(0))
 
 
 def _signed(value: int) -> int:
