@@ -7,6 +7,7 @@ mask element that differs changes the result.
 
 from __future__ import annotations
 
+import datetime
 import os
 
 import pytest
@@ -166,8 +167,13 @@ def _single_process() -> dict[str, torch.Tensor]:
     return {"y": y.detach(), "fc1": model.fc1.weight.grad, "fc2": model.fc2.weight.grad}
 
 
+def _init(rank: int, path: str) -> None:
+    timeout = datetime.timedelta(seconds=120)  # fail, do not hang, if a peer dies
+    dist.init_process_group("gloo", init_method=f"file://{path}/init", rank=rank, world_size=WORLD, timeout=timeout)
+
+
 def _ddp_worker(rank: int, path: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{path}/init", rank=rank, world_size=WORLD)
+    _init(rank, path)
     try:
         model = nn.parallel.DistributedDataParallel(_model())
         x, w = _data()
@@ -181,11 +187,11 @@ def _ddp_worker(rank: int, path: str) -> None:
             f"{path}/ddp{rank}.pt",
         )
     finally:
-        dist.destroy_process_group()
+        dist.barrier()  # no destroy_process_group: gloo's destructor was seen to deadlock on the GIL; exit instead
 
 
 def _tp_worker(rank: int, path: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{path}/init", rank=rank, world_size=WORLD)
+    _init(rank, path)
     try:
         full = _model()
         x, w = _data()
@@ -204,7 +210,7 @@ def _tp_worker(rank: int, path: str) -> None:
             {"y": y.detach(), "fc1": fc1.grad, "fc2": fc2.grad, "cols": (cols.start, cols.stop)}, f"{path}/tp{rank}.pt"
         )
     finally:
-        dist.destroy_process_group()
+        dist.barrier()  # no destroy_process_group: gloo's destructor was seen to deadlock on the GIL; exit instead
 
 
 class _AllReduce(torch.autograd.Function):
@@ -221,9 +227,16 @@ class _AllReduce(torch.autograd.Function):
         return grad
 
 
+def _run_and_exit(rank: int, worker, path: str) -> None:
+    worker(rank, path)
+    # results are on disk: leave without tearing the process group down (ProcessGroupGloo's destructor joins its
+    # threads holding the GIL and was seen to deadlock with DDP's reducer)
+    os._exit(0)
+
+
 def _spawn(worker, path) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    mp.spawn(worker, args=(str(path),), nprocs=WORLD, join=True)
+    mp.spawn(_run_and_exit, args=(worker, str(path)), nprocs=WORLD, join=True)
 
 
 def test_ddp_two_processes_match_single_process_bit_for_bit(tmp_path):

@@ -138,15 +138,16 @@ def _spec(
         threshold, traced_p = -1, p  # p may be symbolic (a schedule changes it): the host op derives the threshold
     else:
         threshold, traced_p = _threshold(p), None
-    part = rng.current_shard()
-    shard = None
-    if part is not None:  # global element indices of a shard (dropkit.rng.shard)
+    shards: dict[int, tuple[int, int, int]] = {}
+    for part in rng.current_shards():  # global element indices of a shard (dropkit.rng.shard); inner wins per dim
         dim = _validate.shard_fits("shard", tuple(input.shape), part.dim, part.start, part.size)
-        shard = (dim, part.start, part.size)
+        shards[dim] = (dim, part.start, part.size)
+    shard = tuple(shards[d] for d in sorted(shards)) or None
     if isinstance(generator, rng.DeviceGenerator):
         shape = list(input.shape[:mask_dims] if mask_dims >= 0 else input.shape)
-        if shard is not None and shard[0] < len(shape):
-            shape[shard[0]] = shard[2]  # advance past the global tensor's mask
+        for dim, _, size in shard or ():
+            if dim < len(shape):
+                shape[dim] = size  # advance past the global tensor's mask
         state = generator.draw(math.prod(shape))
         state = state.to(input.device)
         return MaskSpec(0, 0, threshold, scale, bias, fill, mask_dims, state=state, shard=shard, p=traced_p)

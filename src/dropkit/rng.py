@@ -380,9 +380,12 @@ def shard(dim: int, start: int, size: int) -> Iterator[Shard]:
 
     So a rank holding a shard draws bit for bit the slice a single process draws for the whole tensor with
     the same seed: a data-parallel batch shard (``dim=0``), a column-parallel activation (``dim=-1``), a
-    sequence-parallel slice. ``dim=0`` costs nothing (a plain offset); another ``dim`` draws the mask of the
-    span of global indices the shard covers, then slices it. Channel masks (``dropout2d`` ...) shard along
-    their channel dimensions only; a shard of a dimension a mask broadcasts over changes nothing. Seeds are
+    sequence-parallel slice. Nested blocks shard several dimensions at once (a data-parallel batch slice of
+    a tensor-parallel activation); an inner block naming the same dimension replaces the outer one. A single
+    leading shard (``dim=0``) costs nothing (a plain offset); otherwise the op draws the mask of the span of
+    global indices the shard covers and gathers its elements (torch ops, not the fused kernels). Channel
+    masks (``dropout2d`` ...) shard along their channel dimensions only; a shard of a dimension a mask
+    broadcasts over changes nothing. Seeds are
     not changed: seed every rank of the group alike (the same ``torch.manual_seed`` or ``seed=``).
 
     Args:
@@ -409,9 +412,9 @@ def shard(dim: int, start: int, size: int) -> Iterator[Shard]:
         _shards.pop()
 
 
-def current_shard() -> Shard | None:
-    """Return the innermost :func:`shard` in force, or ``None``."""
-    return _shards[-1] if _shards else None
+def current_shards() -> tuple[Shard, ...]:
+    """Return the :func:`shard` declarations in force, outermost first."""
+    return tuple(_shards)
 
 
 _RANK_MIX = 0x9E3779B97F4A7C15  # 2^64 / golden ratio: xor of (rank + 1) times it gives each rank a distinct key

@@ -51,7 +51,7 @@ class MaskSpec:
     fill: float = 0.0
     mask_dims: int = -1  # -1: every dimension (element-wise)
     state: torch.Tensor | None = None  # int64 (seed, offset) on the device: read there instead of seed/offset
-    shard: tuple[int, int, int] | None = None  # (dim, start, size): the input is that slice of a global tensor
+    shard: tuple[tuple[int, int, int], ...] | None = None  # (dim, start, size) per sharded dimension
     p: float | None = None  # while tracing with a symbolic p: threshold is -1, derived from p at run time
 
     def resolved(self) -> MaskSpec:
@@ -132,26 +132,33 @@ def _select(device: torch.device, dtype: torch.dtype) -> str:
 
 
 def _place(spec: MaskSpec, mask_shape: tuple[int, ...]) -> MaskSpec:
-    """Return ``spec`` with its shard turned into a plain offset where it is one (dim 0), or dropped where moot."""
+    """Return ``spec`` with shards the mask broadcasts over dropped, and one leading shard made a plain offset."""
     if spec.shard is None:
         return spec
-    dim, start, size = spec.shard
-    if dim >= len(mask_shape) or (spec.mask_dims >= 0 and dim >= spec.mask_dims):
-        return dataclasses.replace(spec, shard=None)  # the mask broadcasts over the sharded dimension
-    inner = math.prod(mask_shape[dim + 1 :])
-    if math.prod(mask_shape[:dim]) == 1:  # one contiguous run of global indices
-        return dataclasses.replace(spec, offset=spec.offset + start * inner, shard=None)
-    return spec
+    k = len(mask_shape) if spec.mask_dims < 0 else min(spec.mask_dims, len(mask_shape))
+    shards = tuple(part for part in spec.shard if part[0] < k)
+    if len(shards) == 1 and math.prod(mask_shape[: shards[0][0]]) == 1:  # one contiguous run of global indices
+        dim, start, _ = shards[0]
+        return dataclasses.replace(spec, offset=spec.offset + start * math.prod(mask_shape[dim + 1 :]), shard=None)
+    return dataclasses.replace(spec, shard=shards or None)
 
 
 def _sharded_keep_mask(spec: MaskSpec, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """Keep mask of a shard: the mask of the span of global indices it covers, sliced along the sharded dim."""
-    dim, start, size = spec.shard  # type: ignore[misc]
-    outer, local, inner = math.prod(shape[:dim]), shape[dim], math.prod(shape[dim + 1 :])
-    span = (outer - 1) * size * inner + local * inner
-    flat = keep_mask(dataclasses.replace(spec, offset=spec.offset + start * inner, shard=None), (span,), device)
-    rows = torch.nn.functional.pad(flat, (0, outer * size * inner - span)).reshape(outer, size * inner)
-    return rows[:, : local * inner].reshape(shape)
+    """Keep mask of a shard: the mask of the span of global indices it covers, gathered at its elements' indices."""
+    sizes, starts = list(shape), [0] * len(shape)
+    for dim, start, size in spec.shard:  # type: ignore[union-attr]
+        sizes[dim], starts[dim] = size, start
+    strides = [math.prod(sizes[k + 1 :]) for k in range(len(shape))]
+    index = torch.zeros((), dtype=torch.int64, device=device)
+    for k, n in enumerate(shape):
+        axis = (torch.arange(n, dtype=torch.int64, device=device) + starts[k]) * strides[k]
+        index = index.unsqueeze(-1) + axis
+    if index.numel() == 0:
+        return torch.zeros(shape, dtype=torch.bool, device=device)
+    low = sum(s * t for s, t in zip(starts, strides, strict=True))
+    span = int(index.max()) - low + 1
+    flat = keep_mask(dataclasses.replace(spec, offset=spec.offset + low, shard=None), (span,), device)
+    return flat[index - low].reshape(shape)
 
 
 def keep_mask(spec: MaskSpec, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:

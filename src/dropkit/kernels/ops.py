@@ -79,7 +79,15 @@ def _spec_from(state, seed, offset, threshold, scale, bias, fill, mask_dims, sha
     if threshold < 0:  # p was symbolic while tracing: derive the threshold now
         threshold = rng.keep_threshold(p)
     return MaskSpec(
-        seed % 2**64, offset, threshold, scale, bias, fill, mask_dims, state, None if shard[2] < 0 else tuple(shard)
+        seed % 2**64,
+        offset,
+        threshold,
+        scale,
+        bias,
+        fill,
+        mask_dims,
+        state,
+        tuple(tuple(shard[i : i + 3]) for i in range(0, len(shard), 3)) or None,
     )
 
 
@@ -139,7 +147,7 @@ def _args(spec) -> tuple:
         drawn = torch.cat((base, torch.zeros_like(base)))
         state = drawn if state is None else state + drawn
         seed = 0
-    shard = list(spec.shard) if spec.shard is not None else [0, 0, -1]
+    shard = [v for part in spec.shard for v in part] if spec.shard is not None else []  # flat (dim, start, size)*
     return state, _signed(int(seed)), spec.offset, spec.threshold, shard
 
 
