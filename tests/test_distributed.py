@@ -265,3 +265,11 @@ def test_single_process_reference_is_sensitive_to_the_mask():
     model, (x, _) = _model(), _data()
     torch.manual_seed(8)
     assert not torch.equal(model(x), expected["y"])
+
+
+def test_nested_shards_of_two_dimensions():
+    x = torch.randn(6, 10, 3)
+    full = F.dropout(x, 0.5, seed=21)
+    with rng.shard(dim=0, start=2, size=6), rng.shard(dim=1, start=5, size=10):
+        part = F.dropout(x[2:4, 5:9], 0.5, seed=21)
+    assert torch.equal(part, full[2:4, 5:9])
