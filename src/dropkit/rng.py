@@ -506,7 +506,8 @@ def _checkpoint_region() -> tuple[object, object] | None:
             ref, gid = _closure(hooks[0], "target_frame_ref"), _closure(hooks[0], "gid")
             frame = ref() if ref is not None else None
             return (frame, ("gid", gid)) if frame is not None else None
-    if not _reentrant_codes:
+    # reentrant checkpoint runs its forward under no_grad and recomputes inside backward: walk the stack only then
+    if not _reentrant_codes or (torch.is_grad_enabled() and torch._C._current_graph_task_id() == -1):
         return None
     frame = sys._getframe(2)
     while frame is not None:  # reentrant checkpoint: CheckpointFunction.forward / .backward hold the same ctx
