@@ -60,7 +60,10 @@ __all__ = [
     "draw_seed",
     "DeviceGenerator",
     "shard",
+    "current_shards",
+    "Shard",
     "parallel",
+    "draw_seed_mixed",
     "RNGState",
 ]
 
