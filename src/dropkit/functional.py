@@ -100,12 +100,16 @@ def _force_training(on: bool) -> None:
 _thresholds: dict[float, int] = {}
 
 
-@torch.compiler.assume_constant_result  # a constant of the graph while torch traces (numpy inside)
 def _threshold(p: float) -> int:
     threshold = _thresholds.get(p)
     if threshold is None:
         threshold = _thresholds[p] = rng.keep_threshold(p)
     return threshold
+
+
+# a constant of the graph while torch traces (numpy inside): what torch.compiler.assume_constant_result sets,
+# without importing torch._dynamo (and with it Triton) when dropkit is imported
+_threshold._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 _seed_override = None  # set by dropkit.consistent.frozen_masks: a callable giving the seed of the current site
