@@ -12,7 +12,7 @@ import warnings
 
 import torch
 
-__all__ = ["ShapeError", "probability", "real", "tensor_input", "seed_source", "choice", "warn"]
+__all__ = ["ShapeError", "probability", "real", "tensor_input", "seed_source", "choice", "warn", "shard", "rank"]
 
 _SEED_LIMIT = 2**64
 
@@ -358,3 +358,42 @@ def weight_names(op: str, value: object, available: list[str]) -> list[str]:
         if not isinstance(name, str) or name not in available:
             raise _fail(op, "weights", "names of the module's parameters (" + ", ".join(available) + ")", name)
     return list(value)
+
+
+# --- the RNG contract: shards, ranks, checkpointable state (issue 9) ---------------------------------------------
+
+
+def shard(op: str, dim: object, start: object, size: object) -> tuple[int, int, int]:
+    """Return ``(dim, start, size)`` of a shard declaration: ints, ``start >= 0``, ``size >= 1``."""
+    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
+        raise _fail(op, "dim", "an int", dim, TypeError)
+    return int(dim), count(op, "start", start), count(op, "size", size, 1)
+
+
+def shard_fits(op: str, shape: tuple[int, ...], dim: int, start: int, size: int) -> int:
+    """Return ``dim`` made non-negative for an input of ``shape``; raise if the shard does not fit ``size``."""
+    if not -len(shape) <= dim < max(len(shape), 1):
+        raise ShapeError(
+            f"{op}: shard dim must be in [{-len(shape)}, {len(shape) - 1}] for a {len(shape)}-D input, but got {dim}."
+        )
+    dim = dim % len(shape)
+    if start + shape[dim] > size:
+        raise ShapeError(
+            f"{op}: shard [start, start + n) must lie in [0, size) along dim {dim}, but got start={start}, "
+            f"n={shape[dim]}, size={size}."
+        )
+    return dim
+
+
+def rank(op: str, name: str, value: object) -> int:
+    """Return a process rank: an int ``>= 0``."""
+    return count(op, name, value)
+
+
+def state_keys(op: str, expected: list[str], state_dict: object) -> None:
+    """Raise ``TypeError`` unless ``state_dict`` is a dict, ``KeyError`` naming the first missing key."""
+    if not isinstance(state_dict, dict):
+        raise _fail(op, "state_dict", "a dict", type(state_dict).__name__, TypeError)
+    missing = [k for k in expected if k not in state_dict]
+    if missing:
+        raise KeyError(f"{op}: state_dict must hold the keys {expected!r}, but got no {missing[0]!r}.")

@@ -19,7 +19,6 @@ input itself.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -53,7 +52,8 @@ class _MaskedAffineFn(torch.autograd.Function):
         ctx.spec = spec
         if inplace:
             ctx.mark_dirty(x)
-            return kernels.apply(x, spec, out=x)
+            kernels.apply(x, spec, out=x)
+            return x  # x itself (dynamo checks that a dirty input is what forward returns)
         return kernels.apply(x, spec)
 
     @staticmethod
@@ -97,18 +97,34 @@ def _force_training(on: bool) -> None:
     _forced_training = on
 
 
-@functools.lru_cache(maxsize=1024)
+_thresholds: dict[float, int] = {}
+
+
 def _threshold(p: float) -> int:
-    return rng.keep_threshold(p)
+    threshold = _thresholds.get(p)
+    if threshold is None:
+        threshold = _thresholds[p] = rng.keep_threshold(p)
+    return threshold
+
+
+# a constant of the graph while torch traces (numpy inside): what torch.compiler.assume_constant_result sets,
+# without importing torch._dynamo (and with it Triton) when dropkit is imported
+_threshold._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 _seed_override = None  # set by dropkit.consistent.frozen_masks: a callable giving the seed of the current site
 
 
 def _seed(seed: int | None, generator: torch.Generator | None) -> int:
+    """Return the call's seed: ``seed`` itself, or one drawn from ``generator`` (torch's CPU generator if ``None``).
+
+    Drawn seeds go through :func:`dropkit.rng.draw_seed_mixed`: replayed when ``torch.utils.checkpoint``
+    recomputes, rank-mixed under :func:`dropkit.rng.parallel`, and a 0-d int64 tensor drawn by a custom op
+    while torch traces (the same value eager draws).
+    """
     if seed is None and _seed_override is not None:  # frozen masks: one fixed seed per call site
         return _seed_override()
-    return int(seed) if seed is not None else rng.draw_seed(generator)
+    return int(seed) if seed is not None else rng.draw_seed_mixed(generator)
 
 
 def _spec(
@@ -122,10 +138,24 @@ def _spec(
     mask_dims: int = -1,
 ) -> MaskSpec:
     """Return the mask spec of one call: seeded from ``seed``, a torch generator, or a device generator."""
+    if torch.compiler.is_compiling() and kernels.select(input) != "triton":
+        threshold, traced_p = -1, p  # p may be symbolic (a schedule changes it): the host op derives the threshold
+    else:
+        threshold, traced_p = _threshold(p), None
+    shards: dict[int, tuple[int, int, int]] = {}
+    for part in rng.current_shards():  # global element indices of a shard (dropkit.rng.shard); inner wins per dim
+        dim = _validate.shard_fits("shard", tuple(input.shape), part.dim, part.start, part.size)
+        shards[dim] = (dim, part.start, part.size)
+    shard = tuple(shards[d] for d in sorted(shards)) or None
     if isinstance(generator, rng.DeviceGenerator):
-        state = generator.draw(math.prod(input.shape[:mask_dims] if mask_dims >= 0 else input.shape))
-        return MaskSpec(0, 0, _threshold(p), scale, bias, fill, mask_dims, state=state.to(input.device))
-    return MaskSpec(_seed(seed, generator), 0, _threshold(p), scale, bias, fill, mask_dims)
+        shape = list(input.shape[:mask_dims] if mask_dims >= 0 else input.shape)
+        for dim, _, size in shard or ():
+            if dim < len(shape):
+                shape[dim] = size  # advance past the global tensor's mask
+        state = generator.draw(math.prod(shape))
+        state = state.to(input.device)
+        return MaskSpec(0, 0, threshold, scale, bias, fill, mask_dims, state=state, shard=shard, p=traced_p)
+    return MaskSpec(_seed(seed, generator), 0, threshold, scale, bias, fill, mask_dims, shard=shard, p=traced_p)
 
 
 def _checked(

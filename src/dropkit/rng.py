@@ -32,8 +32,12 @@ compiled CPU twin, and the two are tested to be bit-identical.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
-from collections.abc import Sequence
+import sys
+import weakref
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -55,6 +59,12 @@ __all__ = [
     "keep_threshold",
     "draw_seed",
     "DeviceGenerator",
+    "shard",
+    "current_shards",
+    "Shard",
+    "parallel",
+    "draw_seed_mixed",
+    "RNGState",
 ]
 
 PHILOX_KEY_A = 0x9E3779B9  #: Weyl increment of key word 0 (golden ratio).
@@ -237,6 +247,10 @@ def normal(shape: ShapeLike, seed: int, offset: int = 0, *, device: torch.device
         float32 tensor of the given shape.
     """
     n, dims = _numel(shape)
+    if torch.compiler.is_compiling():  # one opaque node: compiled code would round log/cos differently
+        from .kernels import ops
+
+        return ops.normal(dims, seed, offset, device)
     grouped, start = _grouped_words(n, seed, offset, device)
     u = uint32_to_uniform(grouped)
     radius = torch.sqrt(-2.0 * torch.log(u[:, 0::2].clamp_min(1.0e-7)))
@@ -332,3 +346,280 @@ class DeviceGenerator:
     def set_state(self, state: torch.Tensor) -> None:
         """Restore a state returned by :meth:`get_state`."""
         self.state.copy_(state)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The contract across torch.compile, checkpointing and distributed training (issue 9).
+#
+# Every op's mask is a pure function of (seed, offset, element index). Three things below decide those inputs
+# beyond a plain call: shard() maps a shard's elements to their global indices (shard-invariant masks),
+# parallel() folds the data-parallel rank into drawn seeds, and a seed tape replays drawn seeds when
+# torch.utils.checkpoint recomputes a region, whatever preserve_rng_state says. RNGState checkpoints it all.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """A slice ``[start, start + n)`` along ``dim`` of a global tensor whose size along ``dim`` is ``size``."""
+
+    dim: int
+    start: int
+    size: int
+
+
+_shards: list[Shard] = []
+_dp_rank: list[int] = []
+
+
+@contextlib.contextmanager
+def shard(dim: int, start: int, size: int) -> Iterator[Shard]:
+    r"""Make ops inside the block draw, for a shard of a tensor, exactly that slice of the unsharded tensor's mask.
+
+    Inside the block every dropkit op reads its input as the slice ``[start, start + n)`` along ``dim`` of a
+    global tensor of the same shape except ``size`` along ``dim`` (``n`` is the input's own size there), and
+    gives element :math:`i` the global row-major index it has in that tensor:
+
+    .. math:: m(i) = \sum_k (i_k + \text{start}\,[k = \text{dim}]) \cdot \text{stride}^{\text{global}}_k
+
+    So a rank holding a shard draws bit for bit the slice a single process draws for the whole tensor with
+    the same seed: a data-parallel batch shard (``dim=0``), a column-parallel activation (``dim=-1``), a
+    sequence-parallel slice. Nested blocks shard several dimensions at once (a data-parallel batch slice of
+    a tensor-parallel activation); an inner block naming the same dimension replaces the outer one. A single
+    leading shard (``dim=0``) costs nothing (a plain offset); otherwise the op draws the mask of the span of
+    global indices the shard covers and gathers its elements (torch ops, not the fused kernels). Channel
+    masks (``dropout2d`` ...) shard along their channel dimensions only; a shard of a dimension a mask
+    broadcasts over changes nothing. Seeds are
+    not changed: seed every rank of the group alike (the same ``torch.manual_seed`` or ``seed=``).
+
+    Args:
+        dim: Sharded dimension (negative counts from the end).
+        start: Global index of the shard's first slice along ``dim``, ``>= 0``.
+        size: Global size along ``dim``, ``>= start + n``.
+
+    Example:
+        >>> from dropkit.functional import dropout
+        >>> x = torch.ones(4, 6)
+        >>> full = dropout(x, 0.5, seed=3)
+        >>> with shard(dim=1, start=2, size=6):
+        ...     part = dropout(x[:, 2:5], 0.5, seed=3)
+        >>> torch.equal(part, full[:, 2:5])
+        True
+    """
+    from . import _validate
+
+    spec = Shard(*_validate.shard("shard", dim, start, size))
+    _shards.append(spec)
+    try:
+        yield spec
+    finally:
+        _shards.pop()
+
+
+def current_shards() -> tuple[Shard, ...]:
+    """Return the :func:`shard` declarations in force, outermost first."""
+    return tuple(_shards)
+
+
+_RANK_MIX = 0x9E3779B97F4A7C15  # 2^64 / golden ratio: xor of (rank + 1) times it gives each rank a distinct key
+
+
+@contextlib.contextmanager
+def parallel(data_parallel_rank: int | None = None) -> Iterator[int]:
+    """Declare how drawn masks relate across ranks: different per data-parallel rank, equal across tensor-parallel.
+
+    Inside the block each seed an op *draws* (no explicit ``seed=``) is xor-ed with a constant of the
+    data-parallel rank, so data-parallel replicas seeded alike draw independent masks, while ranks of one
+    tensor-parallel group (same data-parallel rank, same ``torch.manual_seed``) draw identical ones. An
+    explicit ``seed=`` is left as given. Combine with :func:`shard` for activations a tensor-parallel rank
+    holds a slice of. ``data_parallel_rank=None`` reads the rank of the default ``torch.distributed`` group
+    (0 when it is not initialised).
+
+    Args:
+        data_parallel_rank: This process's data-parallel rank, ``>= 0``. Default: from ``torch.distributed``.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> with parallel(data_parallel_rank=0):
+        ...     a = draw_seed_mixed()
+        >>> _ = torch.manual_seed(0)
+        >>> with parallel(data_parallel_rank=1):
+        ...     b = draw_seed_mixed()
+        >>> a != b
+        True
+    """
+    from . import _validate
+
+    if data_parallel_rank is None:
+        dist = torch.distributed
+        data_parallel_rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    rank = _validate.rank("parallel", "data_parallel_rank", data_parallel_rank)
+    _dp_rank.append(rank)
+    try:
+        yield rank
+    finally:
+        _dp_rank.pop()
+
+
+def mix_rank(seed, rank: int):
+    """Return ``seed`` (int, or 0-d int64 tensor while tracing) keyed by ``rank``: an injective map per rank."""
+    return seed ^ (((rank + 1) * _RANK_MIX) & (2**63 - 1))
+
+
+def draw_seed_mixed(generator: torch.Generator | None = None):
+    """Draw a seed as ops do: replayed under checkpoint recomputation, traceable under ``torch.compile``, rank-mixed.
+
+    Returns an int in eager mode and a 0-d int64 tensor while torch traces.
+    """
+    if torch.compiler.is_compiling():
+        from .kernels import ops
+
+        seed = ops.draw_seed(generator)
+    else:
+        seed = _tape_draw(generator)
+    return mix_rank(seed, _dp_rank[-1]) if _dp_rank else seed
+
+
+# --- the seed tape: torch.utils.checkpoint recomputation replays the seeds the original forward drew ----------
+
+_tapes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_cursors: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _closure(fn, name: str):
+    fn = getattr(fn, "__wrapped__", fn)
+    code = getattr(fn, "__code__", None)
+    if code is None or name not in code.co_freevars or fn.__closure__ is None:
+        return None
+    return fn.__closure__[code.co_freevars.index(name)].cell_contents
+
+
+def _checkpoint_region() -> tuple[object, object] | None:
+    """Return ``(region, replay)`` for the innermost ``torch.utils.checkpoint`` region, or ``None`` outside one.
+
+    ``region`` identifies the checkpointed call (weak-referenceable); ``replay`` is ``None`` during the
+    original forward and a key of the recomputation (one per backward pass) while it recomputes.
+    """
+    hooks = torch._C._autograd._top_saved_tensors_default_hooks(False)
+    if hooks is not None:  # non-reentrant checkpoint: its saved-tensor hooks name the frame
+        name = getattr(getattr(hooks[0], "__wrapped__", hooks[0]), "__qualname__", "")
+        if name.startswith("_checkpoint_hook."):
+            frame = _closure(hooks[0], "frame")
+            return (frame, None) if frame is not None else None
+        if name.startswith("_recomputation_hook."):
+            ref, gid = _closure(hooks[0], "target_frame_ref"), _closure(hooks[0], "gid")
+            frame = ref() if ref is not None else None
+            return (frame, ("gid", gid)) if frame is not None else None
+    # reentrant checkpoint runs its forward under no_grad and recomputes inside backward: walk the stack only then
+    if not _reentrant_codes or (torch.is_grad_enabled() and torch._C._current_graph_task_id() == -1):
+        return None
+    frame = sys._getframe(2)
+    while frame is not None:  # reentrant checkpoint: CheckpointFunction.forward / .backward hold the same ctx
+        kind = _reentrant_codes.get(frame.f_code)
+        if kind is not None:
+            ctx = frame.f_locals.get("ctx")
+            return (ctx, None if kind == "forward" else ("frame", id(frame))) if ctx is not None else None
+        frame = frame.f_back
+    return None
+
+
+def _reentrant() -> dict:
+    try:
+        from torch.utils.checkpoint import CheckpointFunction
+    except ImportError:  # pragma: no cover - torch without reentrant checkpointing
+        return {}
+    return {CheckpointFunction.forward.__code__: "forward", CheckpointFunction.backward.__code__: "backward"}
+
+
+_reentrant_codes = _reentrant()
+
+
+def _tape_draw(generator: torch.Generator | None) -> int:
+    region = _checkpoint_region()
+    if region is None:
+        return draw_seed(generator)
+    key, replay = region
+    try:
+        tape = _tapes.setdefault(key, [])
+    except TypeError:  # not weak-referenceable: no tape
+        return draw_seed(generator)
+    if replay is None:
+        seed = draw_seed(generator)
+        tape.append(seed)
+        return seed
+    cursors = _cursors.setdefault(key, {})
+    position = cursors.get(replay, 0)
+    cursors[replay] = position + 1
+    if position < len(tape):
+        return tape[position]
+    return draw_seed(generator)  # more draws than the original forward made: nothing to replay
+
+
+# --- checkpointable RNG position -------------------------------------------------------------------------------
+
+
+class RNGState:
+    r"""Everything that decides which masks dropkit draws next, as one checkpointable object.
+
+    dropkit draws each op's seed from a generator: torch's default CPU generator, a module's own generator
+    (``Dropout(seed=...)``) or a :class:`DeviceGenerator`. Saving their states with the model and optimizer and
+    loading them on resume makes a stopped and resumed run draw exactly the masks of a run that never
+    stopped. Generators are found on ``module``'s submodules (attribute ``generator``) and taken from
+    ``generators``.
+
+    Args:
+        module: Model whose dropkit layers' generators are included. Default: ``None``.
+        generators: Extra ``torch.Generator`` / :class:`DeviceGenerator` objects. Default: ``()``.
+        default: Include torch's default CPU generator. Default: ``True``.
+
+    Example:
+        >>> state = RNGState()
+        >>> saved = state.state_dict()
+        >>> a = draw_seed()
+        >>> state.load_state_dict(saved)
+        >>> a == draw_seed()
+        True
+    """
+
+    def __init__(
+        self,
+        module: torch.nn.Module | None = None,
+        generators: Sequence[torch.Generator | DeviceGenerator] = (),
+        *,
+        default: bool = True,
+    ) -> None:
+        self.module = module
+        self.generators = list(generators)
+        self.default = default
+
+    def _all(self) -> list[tuple[str, torch.Generator | DeviceGenerator]]:
+        found: list[tuple[str, torch.Generator | DeviceGenerator]] = []
+        seen: set[int] = set()
+        if self.module is not None:
+            for name, sub in self.module.named_modules():
+                gen = getattr(sub, "generator", None)
+                if isinstance(gen, (torch.Generator, DeviceGenerator)) and id(gen) not in seen:
+                    seen.add(id(gen))
+                    found.append((f"module:{name}", gen))
+        for i, gen in enumerate(self.generators):
+            if id(gen) not in seen:
+                seen.add(id(gen))
+                found.append((f"generator:{i}", gen))
+        return found
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Return the generator states (tensors), keyed by where each generator was found."""
+        states = {"torch.default": torch.get_rng_state()} if self.default else {}
+        for name, gen in self._all():
+            states[name] = gen.get_state().clone()
+        return states
+
+    def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Restore states returned by :meth:`state_dict` (the same model layout); missing keys raise ``KeyError``."""
+        from . import _validate
+
+        expected = (["torch.default"] if self.default else []) + [name for name, _ in self._all()]
+        _validate.state_keys("RNGState.load_state_dict", expected, state_dict)
+        if self.default:
+            torch.set_rng_state(state_dict["torch.default"])
+        for name, gen in self._all():
+            gen.set_state(state_dict[name])

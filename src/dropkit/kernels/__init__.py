@@ -51,6 +51,8 @@ class MaskSpec:
     fill: float = 0.0
     mask_dims: int = -1  # -1: every dimension (element-wise)
     state: torch.Tensor | None = None  # int64 (seed, offset) on the device: read there instead of seed/offset
+    shard: tuple[tuple[int, int, int], ...] | None = None  # (dim, start, size) per sharded dimension
+    p: float | None = None  # while tracing with a symbolic p: threshold is -1, derived from p at run time
 
     def resolved(self) -> MaskSpec:
         """Return the spec with ``state`` read into ``seed`` and ``offset`` (a host sync on CUDA)."""
@@ -129,10 +131,51 @@ def _select(device: torch.device, dtype: torch.dtype) -> str:
     return "reference"
 
 
+def _place(spec: MaskSpec, mask_shape: tuple[int, ...]) -> MaskSpec:
+    """Return ``spec`` with shards the mask broadcasts over dropped, and one leading shard made a plain offset."""
+    if spec.shard is None:
+        return spec
+    k = len(mask_shape) if spec.mask_dims < 0 else min(spec.mask_dims, len(mask_shape))
+    shards = tuple(part for part in spec.shard if part[0] < k)
+    if len(shards) == 1 and math.prod(mask_shape[: shards[0][0]]) == 1:  # one contiguous run of global indices
+        dim, start, _ = shards[0]
+        return dataclasses.replace(spec, offset=spec.offset + start * math.prod(mask_shape[dim + 1 :]), shard=None)
+    return dataclasses.replace(spec, shard=shards or None)
+
+
+def _sharded_keep_mask(spec: MaskSpec, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Keep mask of a shard: the mask of the span of global indices it covers, gathered at its elements' indices."""
+    sizes, starts = list(shape), [0] * len(shape)
+    for dim, start, size in spec.shard:  # type: ignore[union-attr]
+        sizes[dim], starts[dim] = size, start
+    strides = [math.prod(sizes[k + 1 :]) for k in range(len(shape))]
+    index = torch.zeros((), dtype=torch.int64, device=device)
+    for k, n in enumerate(shape):
+        axis = (torch.arange(n, dtype=torch.int64, device=device) + starts[k]) * strides[k]
+        index = index.unsqueeze(-1) + axis
+    if index.numel() == 0:
+        return torch.zeros(shape, dtype=torch.bool, device=device)
+    low = sum(s * t for s, t in zip(starts, strides, strict=True))
+    span = int(index.max()) - low + 1
+    flat = keep_mask(dataclasses.replace(spec, offset=spec.offset + low, shard=None), (span,), device)
+    return flat[index - low].reshape(shape)
+
+
 def keep_mask(spec: MaskSpec, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
     """Return the bool keep mask of ``spec`` with the given (mask) shape."""
     numel = math.prod(shape)
     device = torch.device(device)
+    spec = _place(spec, tuple(shape))
+    if torch.compiler.is_compiling():
+        if spec.shard is not None or spec.p is not None or _select(device, torch.float32) != "triton":
+            from . import ops
+
+            return ops.keep_mask(spec, tuple(shape), device)
+        from . import ops
+
+        spec = ops.traced_state(spec)
+    if spec.shard is not None:
+        return _sharded_keep_mask(spec, tuple(shape), device)
     if _select(device, torch.float32) == "triton":
         from . import triton
 
@@ -162,8 +205,21 @@ def apply(
     ``residual + map(x + bias)`` (fused on the Triton path).
     """
     mask_shape = spec.mask_shape(x.shape)
+    spec = _place(spec, mask_shape)
     row = x.numel() // max(1, math.prod(mask_shape))
-    which = select(x)
+    which = "reference" if spec.shard is not None else select(x)
+    if torch.compiler.is_compiling():  # one traceable node: custom ops for the host path, triton_op on the GPU
+        from . import ops
+
+        dense = x.is_contiguous() and all(t is None or t.is_contiguous() for t in (out, residual))
+        if which != "triton" or not dense or spec.p is not None:
+            if bias is not None or residual is not None:
+                y = ops.masked_affine(x if bias is None else x + bias, spec)
+                y = y if residual is None else y + residual
+            else:
+                y = ops.masked_affine(x, spec)
+            return y if out is None else out.copy_(y)
+        spec = ops.traced_state(spec)
     contiguous = x.is_contiguous() and (out is None or out.is_contiguous())
     if which == "triton" and contiguous and (residual is None or residual.is_contiguous()):
         from . import triton
