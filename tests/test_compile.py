@@ -201,3 +201,28 @@ def test_changing_p_recompiles_nothing_and_matches_eager():
         expected = layer(x)
         torch.manual_seed(1)
         assert torch.equal(compiled(x), expected)
+
+
+def test_onnx_export_of_an_eval_model_drops_dropout(tmp_path):
+    """The dynamo ONNX exporter on an eval model: no dropout (or dropkit) node, same outputs (onnx's evaluator)."""
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3),
+        torch.nn.ReLU(),
+        dnn.Dropout2d(0.3),
+        dnn.DropBlock2d(0.2, 3),
+        torch.nn.Flatten(),
+        dnn.Dropout(0.5),
+        dnn.DropPath(0.1),
+        torch.nn.Linear(8 * 6 * 6, 4),
+    ).eval()
+    x = torch.randn(2, 3, 8, 8)
+    path = tmp_path / "model.onnx"
+    torch.onnx.export(model, (x,), str(path), dynamo=True)
+    graph = onnx.load(str(path)).graph
+    ops = {node.op_type for node in graph.node}
+    assert not {op for op in ops if "ropout" in op or "dropkit" in op.lower()}, ops
+    (out,) = ReferenceEvaluator(onnx.load(str(path))).run(None, {graph.input[0].name: x.numpy()})
+    torch.testing.assert_close(torch.from_numpy(out), model(x), rtol=1e-5, atol=1e-5)
