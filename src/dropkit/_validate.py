@@ -397,3 +397,36 @@ def state_keys(op: str, expected: list[str], state_dict: object) -> None:
     missing = [k for k in expected if k not in state_dict]
     if missing:
         raise KeyError(f"{op}: state_dict must hold the keys {expected!r}, but got no {missing[0]!r}.")
+
+
+def noise_shape(op: str, value: object, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Return Keras' ``noise_shape`` resolved against the input ``shape``: ``None`` entries take the input's size.
+
+    Every entry must be ``None``, ``1`` or the input's size along that dimension (the mask broadcasts).
+    """
+    value = noise_shape_arg(op, value)
+    if len(value) != len(shape):
+        raise ShapeError(
+            f"{op}: noise_shape must have one entry per input dimension ({len(shape)}), but got {tuple(value)!r} "
+            f"for an input of shape {tuple(shape)}."
+        )
+    resolved = []
+    for i, (entry, size) in enumerate(zip(value, shape, strict=True)):
+        if entry is None:
+            entry = size
+        if isinstance(entry, bool) or not isinstance(entry, numbers.Integral) or int(entry) not in (1, size):
+            raise ShapeError(
+                f"{op}: noise_shape[{i}] must be None, 1 or the input's size {size}, but got {entry!r} "
+                f"(noise_shape {tuple(value)!r}, input shape {tuple(shape)})."
+            )
+        resolved.append(int(entry))
+    return tuple(resolved)
+
+
+def noise_shape_arg(op: str, value: object) -> tuple[int | None, ...] | None:
+    """Return ``noise_shape`` as a tuple (``None`` passes); its entries are checked against the input later."""
+    if value is None:
+        return None
+    if not isinstance(value, (tuple, list, torch.Size)):
+        raise _fail(op, "noise_shape", "a tuple of ints (or None entries) or None", value, TypeError)
+    return tuple(value)

@@ -200,6 +200,7 @@ def dropout(
     *,
     mode: str = "inverted",
     keep: float | None = None,
+    noise_shape: tuple[int | None, ...] | None = None,
     seed: int | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
@@ -217,6 +218,10 @@ def dropout(
         inplace: Modify ``input`` in place. Default: ``False``.
         mode: ``"inverted"`` or ``"classic"``. Default: ``"inverted"``.
         keep: Keep probability, an alternative to ``p`` (``p = 1 - keep``). Default: ``None``.
+        noise_shape: Shape of the mask, broadcast over ``input`` (Keras' ``noise_shape``): one entry per
+            dimension, each ``None`` (the input's size), the input's size, or ``1`` (one draw shared along that
+            dimension). ``(N, 1, F)`` on ``(N, T, F)`` input drops the same features at every time step.
+            Default: ``None`` (one draw per element).
         seed: Explicit 64-bit seed; the same seed gives the same mask. Default: ``None``.
         generator: Generator to draw the seed from. Default: torch's global CPU generator.
 
@@ -236,12 +241,30 @@ def dropout(
         tensor([4., 0., 0., 0.])
         >>> dropout(torch.tensor([2.0, 4.0, 6.0, 8.0]), p=0.5, training=False, mode="classic")
         tensor([1., 2., 3., 4.])
+        >>> y = dropout(torch.ones(2, 3, 4), p=0.5, noise_shape=(None, 1, None), seed=0)
+        >>> bool((y[:, 0] == y[:, 1]).all() and (y[:, 0] == y[:, 2]).all())
+        True
 
     References:
         Srivastava et al., "Dropout: A Simple Way to Prevent Neural Networks from Overfitting", JMLR 2014.
     """
     p = _checked("dropout", p, keep, seed, generator)
-    return _masked("dropout", input, p, training, inplace, mode, seed, generator, mask_dims=-1)
+    if noise_shape is None:
+        return _masked("dropout", input, p, training, inplace, mode, seed, generator, mask_dims=-1)
+    _validate.tensor_input("dropout", input, False)
+    shape = tuple(input.shape)
+    noise = _validate.noise_shape("dropout", noise_shape, shape)
+    # the mask covers the dimensions with their own draws; moving the shared ones last makes it a channel mask
+    # over the leading dimensions, whose flat index is the flat index into noise_shape
+    own = [d for d in range(len(shape)) if noise[d] == shape[d]]
+    perm = own + [d for d in range(len(shape)) if noise[d] != shape[d]]
+    if len(own) == len(shape):
+        return _masked("dropout", input, p, training, inplace, mode, seed, generator, mask_dims=-1)
+    if perm == sorted(perm):
+        return _masked("dropout", input, p, training, inplace, mode, seed, generator, mask_dims=len(own))
+    view = input.permute(perm)
+    y = _masked("dropout", view, p, training, inplace, mode, seed, generator, mask_dims=len(own))
+    return input if inplace or y is view else y.permute(sorted(range(len(perm)), key=perm.__getitem__))
 
 
 def _channel_dims(op: str, input: torch.Tensor) -> int:

@@ -73,9 +73,11 @@ class _DropIn(_SeededMixin):
         self.mode = mode
         self._setup_rng(seed, generator)
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor, *, training: bool | None = None) -> torch.Tensor:
+        """Apply dropout in training mode or with ``training=True`` (Keras' call argument); else eval behaviour."""
         extra = {"mode": self.mode} if len(self._modes) > 1 else {}
-        return self._functional(input, self.p, self.training, self.inplace, generator=self.generator, **extra)
+        training = self.training if training is None else training
+        return self._functional(input, self.p, training, self.inplace, generator=self.generator, **extra)
 
     def extra_repr(self) -> str:
         return f"p={self.p}, inplace={self.inplace}" + self._extras()
@@ -91,6 +93,8 @@ class Dropout(_DropIn, nn.Dropout):
         inplace: Modify the input in place. Default: ``False``.
         mode: ``"inverted"`` or ``"classic"`` (keyword-only). Default: ``"inverted"``.
         keep: Keep probability, an alternative to ``p`` (keyword-only). Default: ``None``.
+        noise_shape: Shape of the mask, broadcast over the input (Keras' ``noise_shape``; keyword-only):
+            ``None`` entries take the input's size, ``1`` shares one draw along that dimension. Default: ``None``.
         seed: Seed of the module's own generator: reproducible, advancing masks (keyword-only).
         generator: A generator to draw seeds from (keyword-only). Default: torch's global CPU generator.
 
@@ -103,6 +107,32 @@ class Dropout(_DropIn, nn.Dropout):
     """
 
     _functional = staticmethod(F.dropout)
+
+    def __init__(
+        self,
+        p: float = 0.5,
+        inplace: bool = False,
+        *,
+        mode: str = "inverted",
+        keep: float | None = None,
+        noise_shape: tuple[int | None, ...] | None = None,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(p, inplace, mode=mode, keep=keep, seed=seed, generator=generator)
+        self.noise_shape = _validate.noise_shape_arg("Dropout", noise_shape)
+
+    def forward(self, input: torch.Tensor, *, training: bool | None = None) -> torch.Tensor:
+        """Apply dropout in training mode or with ``training=True`` (Keras' call argument); else eval behaviour."""
+        training = self.training if training is None else training
+        return F.dropout(
+            input, self.p, training, self.inplace, mode=self.mode, noise_shape=self.noise_shape,
+            generator=self.generator,
+        )  # fmt: skip
+
+    def extra_repr(self) -> str:
+        """Describe the hyperparameters, as torch's ``Dropout`` does (plus dropkit's extras)."""
+        return super().extra_repr() + ("" if self.noise_shape is None else f", noise_shape={self.noise_shape}")
 
 
 class Dropout1d(_DropIn, nn.Dropout1d):
@@ -218,9 +248,10 @@ class GaussianDropout(_SeededMixin, nn.Module):
         self.inplace = inplace
         self._setup_rng(seed, generator)
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        """Apply the noise in training; identity in eval."""
-        return F.gaussian_dropout(input, self.p, self.training, self.inplace, generator=self.generator)
+    def forward(self, input: torch.Tensor, *, training: bool | None = None) -> torch.Tensor:
+        """Apply the noise in training (or with ``training=True``); identity in eval."""
+        training = self.training if training is None else training
+        return F.gaussian_dropout(input, self.p, training, self.inplace, generator=self.generator)
 
     def extra_repr(self) -> str:
         """Describe the hyperparameters, as torch's dropout modules do."""
@@ -254,9 +285,10 @@ class GaussianNoise(_SeededMixin, nn.Module):
         self.inplace = inplace
         self._setup_rng(seed, generator)
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        """Apply the noise in training; identity in eval."""
-        return F.gaussian_noise(input, self.stddev, self.training, self.inplace, generator=self.generator)
+    def forward(self, input: torch.Tensor, *, training: bool | None = None) -> torch.Tensor:
+        """Apply the noise in training (or with ``training=True``); identity in eval."""
+        training = self.training if training is None else training
+        return F.gaussian_noise(input, self.stddev, training, self.inplace, generator=self.generator)
 
     def extra_repr(self) -> str:
         """Describe the hyperparameters."""
