@@ -108,3 +108,12 @@ def test_module_noise_shape_type_error_and_repr():
         dnn.Dropout(0.5, noise_shape=3)
     assert "noise_shape=(None, 1, None)" in repr(dnn.Dropout(0.5, noise_shape=[None, 1, None]))
     assert "noise_shape" not in repr(dnn.Dropout(0.5))
+
+
+def test_noise_shape_compiles_fullgraph_with_the_eager_masks():
+    x = torch.randn(2, 3, 4, 5)
+
+    def fn(x):
+        return F.dropout(x, 0.3, noise_shape=(1, None, None, 1), seed=4) * 2
+
+    assert torch.equal(torch.compile(fn, fullgraph=True)(x), fn(x))
