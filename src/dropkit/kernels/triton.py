@@ -68,6 +68,18 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
+def _cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` on the host (``triton.cdiv`` is a constexpr function: about 2 µs a call in Python)."""
+    return -(-a // b)
+
+
+def _pow2(n: int) -> int:
+    """The smallest power of two ``>= n`` (``triton.next_power_of_2`` on the host, without its call overhead)."""
+    if type(n) is not int:  # a symbolic size while torch traces
+        return triton.next_power_of_2(n)
+    return 1 << max(0, n - 1).bit_length()
+
+
 def _signed(value: int) -> int:
     """Return a uint64 as the int64 with the same bits (ops take int64; the kernel reads the bits)."""
     return value - 2**64 if value >= 2**63 else value
@@ -200,11 +212,11 @@ def _masked_affine_into(x, y, residual, bias, state, seed, offset, threshold, sc
     from_state = state is not None
     state_arg = state if from_state else x
     if row == 1:
-        groups = triton.cdiv(numel, rng.GROUP) + 1  # an unaligned offset spans at most one more group
+        groups = _cdiv(numel, rng.GROUP) + 1  # an unaligned offset spans at most one more group
         per_program = TUNING["max_groups"]
         while per_program > 1 and groups < per_program * TUNING["min_programs_per_sm"] * _sms(x.device):
             per_program //= 2
-        grid = (triton.cdiv(groups, per_program),)
+        grid = (_cdiv(groups, per_program),)
         _launch(_masked_affine_fwd_kernel, x)[grid](
             x, y, residual if residual is not None else x, bias if bias is not None else x, state_arg,
             numel, bias.numel() if bias is not None else 1, *_seed_args(seed), offset, threshold, scale, shift, fill,
@@ -213,9 +225,9 @@ def _masked_affine_into(x, y, residual, bias, state, seed, offset, threshold, sc
         )
     else:
         rows = numel // row
-        block_c = min(1024, triton.next_power_of_2(row))
+        block_c = min(1024, _pow2(row))
         block_r = max(1, 2048 // block_c)
-        grid = (triton.cdiv(rows, block_r), triton.cdiv(row, block_c))
+        grid = (_cdiv(rows, block_r), _cdiv(row, block_c))
         _launch(_masked_affine_rows_fwd_kernel, x)[grid](
             x, y, state_arg, rows, row, *_seed_args(seed), offset, threshold, scale, shift, fill,
             BLOCK_R=block_r, BLOCK_C=block_c, FROM_STATE=from_state, HAS_SHIFT=shift != 0.0,
@@ -513,13 +525,13 @@ def _dropout_add_norm_bwd_kernel(H, DY, W, ROWSCALE, MEAN, RSTD, DRES_OUT, DX, D
 
 def _norm_config(ncols: int, offset: int, esize: int, which: str) -> tuple[int, bool, int]:
     """Return (NG, ALIGNED, num_warps) for rows of ``ncols`` (state offsets are kept multiples of 1024)."""
-    ng = triton.next_power_of_2(triton.cdiv(ncols, rng.GROUP))
+    ng = _pow2(_cdiv(ncols, rng.GROUP))
     aligned = ncols % rng.GROUP == 0 and offset % rng.GROUP == 0
     if which == "fwd":
         warps = min(16, max(4, ncols * esize // TUNING["norm_fwd_bytes_per_warp"]))
     else:
         warps = TUNING["norm_bwd_warps"] or max(4, ng)
-    return ng, aligned, triton.next_power_of_2(warps)
+    return ng, aligned, _pow2(warps)
 
 
 def _dropout_add_norm_fwd_impl(
@@ -576,11 +588,11 @@ def _dropout_add_norm_bwd_impl(
     residual_dtype: torch.dtype | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     rows, ncols = h.shape
-    ng = triton.next_power_of_2(triton.cdiv(ncols, rng.GROUP))
+    ng = _pow2(_cdiv(ncols, rng.GROUP))
     per_sm = TUNING["norm_bwd_programs_per_sm"][ng]
-    programs = min(triton.cdiv(rows, TUNING["norm_bwd_min_rows"]), per_sm * _sms(h.device))
-    rows_per_program = triton.cdiv(rows, max(1, programs))
-    programs = triton.cdiv(rows, rows_per_program)
+    programs = min(_cdiv(rows, TUNING["norm_bwd_min_rows"]), per_sm * _sms(h.device))
+    rows_per_program = _cdiv(rows, max(1, programs))
+    programs = _cdiv(rows, rows_per_program)
     dx = torch.empty((rows, ncols), dtype=x_dtype, device=h.device)
     dres = torch.empty((rows, ncols) if residual_dtype is not None else (0,), dtype=residual_dtype or x_dtype,
                        device=h.device)
