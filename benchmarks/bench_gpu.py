@@ -210,11 +210,26 @@ def bench_fused(dtype: torch.dtype, tokens: int, hidden: int, cfg: argparse.Name
         bw = 9 * numel * esize / seconds  # forward 4 tensors + backward 5
         row[name] = {"ms": seconds * 1e3, "GB/s": bw / 1e9, "% copy": 100 * bw / copy_bw}
     row["copy GB/s"] = copy_bw / 1e9
+    for name, block in blocks.items():  # host time of a step: when it nears the step time, the step is host-bound
+        row[f"{name} host ms"] = _host_ms(train(block), max(1, _iters(numel, esize, dev) // 8))
     for other in ("torch eager", "torch.compile"):
         if f"{other} fwd" in fns:
             row[f"dropkit/{other} fwd"] = case.ratio("dropkit fused fwd", f"{other} fwd")
             row[f"dropkit/{other} fwd+bwd"] = train_case.ratio("dropkit fused fwd+bwd", f"{other} fwd+bwd")
     return row
+
+
+def _host_ms(step: Callable[[], object], calls: int) -> float:
+    """Milliseconds per call the host spends issuing ``step`` (median of 5 runs; the device is not waited on)."""
+    runs = []
+    for _ in range(5):
+        _now()
+        start = time.perf_counter()
+        for _ in range(calls):
+            step()
+        runs.append((time.perf_counter() - start) / calls * 1e3)
+    _now()
+    return statistics.median(runs)
 
 
 def saved_bytes(cfg: argparse.Namespace) -> dict:
@@ -265,10 +280,14 @@ def render(results: dict) -> str:
               "|---|---|" + "---|" * (len(names) + 1)]
     for row in results["fused"]:
         ratios = ", ".join(f"{k} {v:.2f}x" for k, v in row.items() if k.startswith("dropkit/"))
+        ratios += "; host ms per fwd+bwd step: " + ", ".join(
+            f"{k[:-8]} {v:.3f}" for k, v in row.items() if k.endswith(" host ms"))
         cells = " | ".join(f"{row[n]['ms']:.3f} ms, {_fmt(row[n])}" for n in names)
         lines.append(f"| {row['dtype']} | {row['shape'][0]}x{row['shape'][1]} | {cells} | {ratios} |")
     lines += ["", "Fused bandwidth counts 4 tensors forward (x, residual read; y, h written) and 9 for",
-              "forward + backward; % is of the copy bandwidth measured in the same run.", ""]
+              "forward + backward; % is of the copy bandwidth measured in the same run. Host ms: time the host",
+              "spends issuing one training step without waiting for the GPU (close to the step time: host-bound).",
+              ""]
     lines += ["| bytes kept for backward per element | |", "|---|---|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in results["saved"].items()]
     return "\n".join(lines) + "\n"
