@@ -69,7 +69,63 @@ def test_bald_acquires_the_highest_mutual_information():
     assert torch.equal(mi.topk(5).indices.sort().values, (mi >= mi.topk(5).values.min()).nonzero().flatten())
 
 
-@pytest.mark.parametrize("name", ["cnn_spatial_dropout", "mc_active_learning"])
+def test_transformer_block_quick(capsys):
+    out = _run_quick("transformer_block", capsys)
+    assert "device cpu (dropout + add + LayerNorm: composed ops)" in out
+    row = r"train acc (\S+) loss (\S+)\s+test acc (\S+) loss (\S+)\s+gap (\S+)"
+    rows = re.findall(rf"^(p = 0|regularised)\s+{row}$", out, re.MULTILINE)
+    assert [r[0] for r in rows] == ["p = 0", "regularised"]
+    for _, train_acc, train_loss, test_acc, test_loss, gap in rows:
+        # two epochs on 200 digits: above chance (0.1), far from fitted; the gap is test minus train loss
+        assert 0.15 < float(train_acc) <= 1.0 and 0.15 < float(test_acc) <= 1.0
+        assert 0 < float(train_loss) < 2.3  # below the loss of a uniform guess, ln 10
+        assert float(gap) == pytest.approx(float(test_loss) - float(train_loss), abs=2e-4)
+
+
+def test_transformer_block_wires_the_fused_norm_drop_path_and_attention_dropout():
+    module = _load("transformer_block")
+    import dropkit.nn as dnn
+    from dropkit.functional import drop_path_rates
+
+    model = module.DigitsTransformer(p=0.1, attn_p=0.2, drop_path=0.3, depth=4)
+    norms = [m for m in model.modules() if isinstance(m, dnn.DropoutAddLayerNorm)]
+    assert len(norms) == 2 * 4 + 1 and all(m.p == 0.1 for m in norms)
+    assert [m.prenorm for m in norms] == [True] * 8 + [False]
+    assert [m.p for m in model.modules() if isinstance(m, dnn.Dropout)] == [0.2] * 4  # attention dropout
+    # DropPath in module order: each block's (incoming branch, attention branch), then the final norm's
+    rates = drop_path_rates(0.3, 4)
+    expected = [r for i in range(4) for r in ((rates[i - 1] if i else 0.0), rates[i])] + [rates[-1]]
+    assert [m.p for m in model.modules() if isinstance(m, dnn.DropPath)] == expected
+    x = torch.randn(5, 8, 8)
+    assert model(x).shape == (5, 10)
+    model.eval()
+    torch.testing.assert_close(model(x), model(x))  # eval: deterministic
+    model.train()
+    torch.manual_seed(0)
+    a = model(x)
+    torch.manual_seed(0)
+    torch.testing.assert_close(model(x), a)  # training: torch.manual_seed reproduces every mask
+    assert not torch.allclose(model(x), a)  # and the next call draws new ones
+
+
+def test_transformer_block_at_p0_is_the_plain_pre_norm_block():
+    # every rate 0: the fused ops reduce to residual adds and LayerNorms; check against a hand-written pre-norm
+    # transformer (x + attn(LN(x)), x + mlp(LN(x)), final LN) with the same weights
+    module = _load("transformer_block")
+    torch.manual_seed(0)
+    model = module.DigitsTransformer(0.0, 0.0, 0.0, depth=2).train()
+    x = torch.randn(3, 8, 8)
+    stream = torch.cat([model.cls.expand(3, -1, -1), model.embed(x)], dim=1) + model.pos
+    for block in model.blocks:
+        ln1 = torch.nn.functional.layer_norm(stream, (64,), block.norm1.weight, block.norm1.bias)
+        stream = stream + block.attn(ln1)
+        ln2 = torch.nn.functional.layer_norm(stream, (64,), block.norm2.weight, block.norm2.bias)
+        stream = stream + block.mlp(ln2)
+    out = torch.nn.functional.layer_norm(stream, (64,), model.norm_f.weight, model.norm_f.bias)
+    torch.testing.assert_close(model(x), model.head(out[:, 0]))
+
+
+@pytest.mark.parametrize("name", ["cnn_spatial_dropout", "mc_active_learning", "transformer_block"])
 def test_examples_document_their_quick_mode(name):
     text = (EXAMPLES / f"{name}.py").read_text()
     assert f"python examples/{name}.py --quick" in text
