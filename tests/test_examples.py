@@ -30,8 +30,9 @@ def _run_quick(name: str, capsys) -> str:
 
 def test_cnn_spatial_dropout_quick(capsys):
     out = _run_quick("cnn_spatial_dropout", capsys)
-    rows = re.findall(r"^(no dropout|Dropout2d|Dropout)\s+test accuracy (\S+)\s+test loss (\S+)$", out, re.MULTILINE)
-    assert [r[0] for r in rows] == ["no dropout", "Dropout", "Dropout2d"]
+    pattern = r"^(no dropout|Dropout2d|DropBlock2d|Dropout)\s+test accuracy (\S+)\s+test loss (\S+)$"
+    rows = re.findall(pattern, out, re.MULTILINE)
+    assert [r[0] for r in rows] == ["no dropout", "Dropout", "Dropout2d", "DropBlock2d"]
     for _, acc, loss in rows:
         assert 0.2 < float(acc) <= 1.0  # two epochs on 200 digits: far above chance (0.1), not yet good
         assert float(loss) > 0
@@ -41,10 +42,15 @@ def test_cnn_builds_the_dropout_it_names():
     module = _load("cnn_spatial_dropout")
     import dropkit.nn as dnn
 
-    kinds = {kind: [type(m) for m in module.make_cnn(kind, 0.2) if "Dropout" in type(m).__name__]
-             for kind in ("none", "element", "channel")}  # fmt: skip
-    assert kinds == {"none": [], "element": [dnn.Dropout] * 2, "channel": [dnn.Dropout2d] * 2}
-    assert module.make_cnn("channel", 0.2)(torch.randn(3, 1, 8, 8)).shape == (3, 10)
+    kinds = {kind: [type(m) for m in module.make_cnn(kind, 0.2) if "Drop" in type(m).__name__]
+             for kind, _ in module.KINDS}  # fmt: skip
+    assert kinds == {
+        "none": [], "element": [dnn.Dropout] * 2, "channel": [dnn.Dropout2d] * 2, "block": [dnn.DropBlock2d] * 2,
+    }  # fmt: skip
+    blocks = [m for m in module.make_cnn("block", 0.2) if isinstance(m, dnn.DropBlock2d)]
+    assert [(m.p, m.block_size) for m in blocks] == [(0.2, 3), (0.2, 2)]  # 3x3 on the 8x8 maps, 2x2 on the 4x4
+    for kind, _ in module.KINDS:
+        assert module.make_cnn(kind, 0.2)(torch.randn(3, 1, 8, 8)).shape == (3, 10)
 
 
 def test_mc_active_learning_quick(capsys):
