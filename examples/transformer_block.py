@@ -26,6 +26,10 @@ What to expect (on the machine this was written on, CPU, defaults): both models 
 0.905, gap 0.395), the regularised one with train loss 0.0048 and test loss 0.208 (test accuracy 0.941, gap
 0.203): it overfits less. One seed and one small data set; treat the sizes of the effects as indicative.
 
+On a CPU shared with other work, set ``OMP_WAIT_POLICY=PASSIVE``: torch's and numba's OpenMP thread pools
+otherwise spin against each other and a training step of this small model can take ten times longer (see
+the performance guide's practical advice).
+
     python examples/transformer_block.py            # 60 epochs on 500 training digits (minutes on a CPU)
     python examples/transformer_block.py --quick    # two epochs on 200 digits: a smoke run
 """
