@@ -135,3 +135,18 @@ def test_transformer_block_at_p0_is_the_plain_pre_norm_block():
 def test_examples_document_their_quick_mode(name):
     text = (EXAMPLES / f"{name}.py").read_text()
     assert f"python examples/{name}.py --quick" in text
+
+
+def test_transformer_block_samples_under_mc_dropout():
+    # every stochastic path of the block (fused-norm dropout, DropPath rowscale, attention dropout) is a dropkit
+    # op, so MC dropout turns them on in an eval model and seeds make the samples reproducible
+    module = _load("transformer_block")
+    from dropkit import mc
+
+    torch.manual_seed(0)
+    model = module.DigitsTransformer(0.1, 0.1, 0.2).eval()
+    x = torch.randn(3, 8, 8)
+    result = mc.predict(model, x, samples=6, seed=0, keep_samples=True)
+    assert result.samples.shape == (6, 3, 10) and float(result.samples.std(0).mean()) > 1e-3
+    torch.testing.assert_close(mc.predict(model, x, samples=6, seed=0).mean, result.mean)
+    assert not model.training and not model.blocks[0].drop_path1.training  # flags restored
