@@ -27,7 +27,7 @@ What to expect (on the machine this was written on, CPU, defaults): both models 
 0.203): it overfits less. One seed and one small data set; treat the sizes of the effects as indicative.
 
 On a CPU shared with other work, set ``OMP_WAIT_POLICY=PASSIVE``: torch's and numba's OpenMP thread pools
-otherwise spin against each other and a training step of this small model can take ten times longer (see
+otherwise spin against each other and a training step of this small model took 4-6 times longer here (see
 the performance guide's practical advice).
 
     python examples/transformer_block.py            # 60 epochs on 500 training digits (minutes on a CPU)
