@@ -300,7 +300,7 @@ def _channel_dims(op: str, input: torch.Tensor) -> int:
     return 2 if ndim == 5 else 1
 
 
-def _channel_doc(op: str, layout: str) -> str:
+def _channel_doc(op: str, layout: str, shape: str) -> str:
     return f"""Zero whole channels of {layout} inputs with probability ``p`` (spatial dropout).
 
     Each channel :math:`(n, c)` gets one Bernoulli(1 - p) draw shared by all its positions; kept channels
@@ -325,13 +325,20 @@ def _channel_doc(op: str, layout: str) -> str:
     Raises:
         ValueError: If ``p`` is outside ``[0, 1]`` or the input rank is unsupported.
 
+    Example:
+        >>> y = {op}(torch.ones({shape}), p=0.5, seed=2)
+        >>> y.flatten(2).amax(-1)  # one value per channel: 0 (dropped) or 1 / (1 - p)
+        tensor([[2., 0., 2., 0.]])
+        >>> bool((y.flatten(2).amin(-1) == y.flatten(2).amax(-1)).all())  # each channel kept or dropped whole
+        True
+
     References:
         Tompson et al., "Efficient Object Localization Using Convolutional Networks", CVPR 2015,
         https://arxiv.org/abs/1411.4280
     """
 
 
-def _channel_op(op: str, layout: str):
+def _channel_op(op: str, layout: str, shape: str):
     def channel_dropout(
         input: torch.Tensor,
         p: float = 0.5,
@@ -348,13 +355,15 @@ def _channel_op(op: str, layout: str):
         return _masked(op, input, p, training, inplace, mode, seed, generator, mask_dims=_channel_dims(op, input))
 
     channel_dropout.__name__ = channel_dropout.__qualname__ = op
-    channel_dropout.__doc__ = _channel_doc(op, layout)
+    channel_dropout.__doc__ = _channel_doc(op, layout, shape)
     return channel_dropout
 
 
-dropout1d = _channel_op("dropout1d", ":math:`(N, C, L)` or :math:`(C, L)`")
-dropout2d = _channel_op("dropout2d", ":math:`(N, C, H, W)` (or :math:`(N, C, L)`, as torch reads 3-D input)")
-dropout3d = _channel_op("dropout3d", ":math:`(N, C, D, H, W)` or :math:`(C, D, H, W)`")
+dropout1d = _channel_op("dropout1d", ":math:`(N, C, L)` or :math:`(C, L)`", "1, 4, 3")
+dropout2d = _channel_op(
+    "dropout2d", ":math:`(N, C, H, W)` (or :math:`(N, C, L)`, as torch reads 3-D input)", "1, 4, 2, 2"
+)
+dropout3d = _channel_op("dropout3d", ":math:`(N, C, D, H, W)` or :math:`(C, D, H, W)`", "1, 4, 2, 2, 2")
 
 
 def _alpha(
@@ -451,6 +460,14 @@ def feature_alpha_dropout(
 
     Raises:
         ValueError: If ``input`` has fewer than 2 dimensions in training.
+
+    Example:
+        >>> y = feature_alpha_dropout(torch.zeros(1, 4, 3), p=0.5, training=True, seed=2)
+        >>> y.amin(-1) == y.amax(-1)  # one draw per channel: every position of a channel gets the same value
+        tensor([[True, True, True, True]])
+        >>> feature_alpha_dropout(torch.ones(2, 3), p=0.5)  # training=False by default, as in torch
+        tensor([[1., 1., 1.],
+                [1., 1., 1.]])
     """
     return _alpha("feature_alpha_dropout", input, p, training, inplace, keep, seed, generator, mask_dims=2)
 

@@ -27,14 +27,26 @@ def _describe(t: object) -> str:
 
 
 def nll(probs: torch.Tensor, target: torch.Tensor) -> float:
-    r"""Mean negative log-likelihood :math:`-\frac1N\sum_i \log p_{i, y_i}` (nats; probabilities clamped at tiny)."""
+    r"""Mean negative log-likelihood :math:`-\frac1N\sum_i \log p_{i, y_i}` (nats; probabilities clamped at tiny).
+
+    Example:
+        >>> probs, target = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]]), torch.tensor([0, 1, 1])
+        >>> round(nll(probs, target), 4)  # -(log 0.9 + log 0.8 + log 0.4) / 3
+        0.4149
+    """
     _check("nll", probs, target)
     picked = probs.gather(1, target.long().unsqueeze(1)).squeeze(1)
     return float(-torch.log(picked.clamp_min(torch.finfo(probs.dtype).tiny)).mean())
 
 
 def brier(probs: torch.Tensor, target: torch.Tensor) -> float:
-    r"""Multi-class Brier score :math:`\frac1N\sum_i \lVert p_i - e_{y_i} \rVert^2` (0 is perfect, 2 the worst)."""
+    r"""Multi-class Brier score :math:`\frac1N\sum_i \lVert p_i - e_{y_i} \rVert^2` (0 is perfect, 2 the worst).
+
+    Example:
+        >>> probs, target = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]]), torch.tensor([0, 1, 1])
+        >>> round(brier(probs, target), 4)  # (0.02 + 0.08 + 0.72) / 3
+        0.2733
+    """
     _check("brier", probs, target)
     onehot = torch.nn.functional.one_hot(target.long(), probs.shape[1]).to(probs.dtype)
     return float(((probs - onehot) ** 2).sum(1).mean())
@@ -55,6 +67,12 @@ def ece(probs: torch.Tensor, target: torch.Tensor, bins: int = 15) -> tuple[floa
 
     :math:`\mathrm{ECE} = \sum_b \frac{n_b}{N}\,|\mathrm{acc}_b - \mathrm{conf}_b|` with the top-class
     probability as confidence (Guo et al. 2017). Bins are right-closed: ``(lo, hi]``.
+
+    Example:
+        >>> probs, target = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]]), torch.tensor([0, 1, 1])
+        >>> value, rel = ece(probs, target, bins=2)
+        >>> round(value, 4), rel.count.tolist()  # one bin: mean confidence 0.767, accuracy 0.667
+        (0.1, [0, 3])
     """
     _check("ece", probs, target)
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:

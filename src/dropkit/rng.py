@@ -180,6 +180,12 @@ def random_words(
 
     Returns:
         Four int64 tensors of shape ``(numel,)`` holding uint32 values.
+
+    Example:
+        >>> [w.tolist() for w in random_words(2, seed=0)]
+        [[1713891541, 4175744164], [3781805453, 1555169499], [3159862348, 2980410603], [2600524760, 159317863]]
+        >>> torch.equal(random_words(1, seed=0, offset=1)[0], random_words(2, seed=0)[0][1:])  # counters, not state
+        True
     """
     counter = torch.arange(offset, offset + numel, dtype=torch.int64, device=device)
     zero = torch.zeros((), dtype=torch.int64, device=device)
@@ -202,6 +208,13 @@ def element_words(numel: int, seed: int, offset: int = 0, *, device: torch.devic
 
     Returns:
         int64 tensor of shape ``(numel,)`` holding uint32 values.
+
+    Example:
+        >>> w = element_words(8, seed=0)
+        >>> w.dtype, bool(((0 <= w) & (w < 2**32)).all())
+        (torch.int64, True)
+        >>> torch.equal(element_words(5, seed=0, offset=3), w[3:])  # element n's word depends on n alone
+        True
     """
     grouped, start = _grouped_words(numel, seed, offset, device)
     return grouped.reshape(-1)[start : start + numel]
@@ -245,6 +258,13 @@ def normal(shape: ShapeLike, seed: int, offset: int = 0, *, device: torch.device
 
     Returns:
         float32 tensor of the given shape.
+
+    Example:
+        >>> z = normal(10_000, seed=0)
+        >>> abs(float(z.mean())) < 0.05, abs(float(z.std()) - 1) < 0.05
+        (True, True)
+        >>> torch.equal(normal((2, 3), seed=0).flatten(), z[:6])
+        True
     """
     n, dims = _numel(shape)
     if torch.compiler.is_compiling():  # one opaque node: compiled code would round log/cos differently
@@ -416,7 +436,15 @@ def shard(dim: int, start: int, size: int) -> Iterator[Shard]:
 
 
 def current_shards() -> tuple[Shard, ...]:
-    """Return the :func:`shard` declarations in force, outermost first."""
+    """Return the :func:`shard` declarations in force, outermost first.
+
+    Example:
+        >>> with shard(0, 4, 8):
+        ...     current_shards()
+        (Shard(dim=0, start=4, size=8),)
+        >>> current_shards()
+        ()
+    """
     return tuple(_shards)
 
 
@@ -469,6 +497,11 @@ def draw_seed_mixed(generator: torch.Generator | None = None):
     """Draw a seed as ops do: replayed under checkpoint recomputation, traceable under ``torch.compile``, rank-mixed.
 
     Returns an int in eager mode and a 0-d int64 tensor while torch traces.
+
+    Example:
+        >>> a = draw_seed_mixed(torch.Generator().manual_seed(0))
+        >>> isinstance(a, int), a == draw_seed_mixed(torch.Generator().manual_seed(0))
+        (True, True)
     """
     if torch.compiler.is_compiling():
         from .kernels import ops

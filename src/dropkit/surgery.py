@@ -123,6 +123,13 @@ def set_p(model: nn.Module, p: float | Mapping[str, float]) -> list[str]:
     Raises:
         ValueError: If a rate is outside ``[0, 1]`` (``[0, 1)`` for Gaussian dropout) or a pattern matches no
             dropout module.
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.1), nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.1)))
+        >>> set_p(model, {"2.*": 0.3, "*": 0.2})  # the first matching pattern wins
+        ['1', '2.1']
+        >>> [s.p for s in find_dropout(model)]
+        [0.2, 0.3]
     """
     rules = list(p.items()) if isinstance(p, Mapping) else [("*", p)]
     checked = [(pattern, _validate.probability("set_p", rate)) for pattern, rate in rules]

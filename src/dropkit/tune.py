@@ -27,7 +27,13 @@ WIDTHS = [128, 256, 512, 1024]
 
 
 def default_space(trial: Any) -> dict[str, Any]:
-    """Suggest ``p_input``, ``p_hidden`` and ``width`` for a trial."""
+    """Suggest ``p_input``, ``p_hidden`` and ``width`` for a trial.
+
+    Example:
+        >>> import optuna
+        >>> default_space(optuna.trial.FixedTrial({"p_input": 0.2, "p_hidden": 0.5, "width": 256}))
+        {'p_input': 0.2, 'p_hidden': 0.5, 'width': 256}
+    """
     return {
         "p_input": trial.suggest_categorical("p_input", RATES),
         "p_hidden": trial.suggest_categorical("p_hidden", RATES),
@@ -44,7 +50,15 @@ def _default_builder(features: int, classes: int) -> Callable[[dict[str, Any]], 
 
 
 def split_validation(dataset: demo_data.Dataset, fraction: float = 0.2, seed: int = 0) -> demo_data.Dataset:
-    """Hold out ``fraction`` of the training set as the validation split (stored as ``x_test`` / ``y_test``)."""
+    """Hold out ``fraction`` of the training set as the validation split (stored as ``x_test`` / ``y_test``).
+
+    Example:
+        >>> x, y = torch.rand(10, 4), torch.arange(10) % 2
+        >>> ds = demo_data.Dataset("toy", x, y, x[:3], y[:3], (2, 2), classes=2)
+        >>> val = split_validation(ds, fraction=0.2, seed=0)
+        >>> len(val.x_train), len(val.x_test)  # the original test split is not used
+        (8, 2)
+    """
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(dataset.x_train), generator=g)
     cut = max(1, int(len(order) * fraction))

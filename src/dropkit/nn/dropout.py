@@ -145,6 +145,13 @@ class Dropout1d(_DropIn, nn.Dropout1d):
         keep: Keep probability, an alternative to ``p`` (keyword-only). Default: ``None``.
         seed: Seed of the module's own generator: reproducible, advancing masks (keyword-only).
         generator: A generator to draw seeds from (keyword-only). Default: torch's global CPU generator.
+
+    Example:
+        >>> m = Dropout1d(p=0.2)
+        >>> m
+        Dropout1d(p=0.2, inplace=False)
+        >>> m(torch.ones(2, 4, 3)).shape
+        torch.Size([2, 4, 3])
     """
 
     _functional = staticmethod(F.dropout1d)
@@ -182,6 +189,10 @@ class Dropout3d(_DropIn, nn.Dropout3d):
         keep: Keep probability, an alternative to ``p`` (keyword-only). Default: ``None``.
         seed: Seed of the module's own generator: reproducible, advancing masks (keyword-only).
         generator: A generator to draw seeds from (keyword-only). Default: torch's global CPU generator.
+
+    Example:
+        >>> Dropout3d(p=0.2)(torch.ones(2, 4, 2, 2, 2)).shape
+        torch.Size([2, 4, 2, 2, 2])
     """
 
     _functional = staticmethod(F.dropout3d)
@@ -196,6 +207,14 @@ class AlphaDropout(_DropIn, nn.AlphaDropout):
         keep: Keep probability, an alternative to ``p`` (keyword-only). Default: ``None``.
         seed: Seed of the module's own generator: reproducible, advancing masks (keyword-only).
         generator: A generator to draw seeds from (keyword-only). Default: torch's global CPU generator.
+
+    Example:
+        >>> m = AlphaDropout(p=0.2)
+        >>> m(torch.ones(2, 3)).shape
+        torch.Size([2, 3])
+        >>> m.eval()(torch.ones(2, 3))  # identity in eval
+        tensor([[1., 1., 1.],
+                [1., 1., 1.]])
     """
 
     _functional = staticmethod(F.alpha_dropout)
@@ -211,6 +230,10 @@ class FeatureAlphaDropout(_DropIn, nn.FeatureAlphaDropout):
         keep: Keep probability, an alternative to ``p`` (keyword-only). Default: ``None``.
         seed: Seed of the module's own generator: reproducible, advancing masks (keyword-only).
         generator: A generator to draw seeds from (keyword-only). Default: torch's global CPU generator.
+
+    Example:
+        >>> FeatureAlphaDropout(p=0.2)(torch.ones(2, 4, 3)).shape
+        torch.Size([2, 4, 3])
     """
 
     _functional = staticmethod(F.feature_alpha_dropout)
