@@ -192,18 +192,24 @@ def _mask_span(out, g0, g1, k0, k1, offset, threshold):  # pragma: no cover
 
 @njit(inline="always")
 def _rows_span(x, out, keep, m0, m1, scale, bias, fill, row):  # pragma: no cover
-    """Rows ``m0 .. m1 - 1`` of ``x`` viewed as ``(M, row)``: row ``m`` kept iff ``keep[m]``."""
+    """Rows ``m0 .. m1 - 1`` of ``x`` viewed as ``(M, row)``: row ``m`` kept iff ``keep[m]``.
+
+    Unsigned indices (no negative-index wrap-around checks) and the ``bias`` test hoisted out of the inner
+    loops: each row is then one unit-stride loop that LLVM vectorises, as fast as a copy.
+    """
+    r = uint64(row)
     for m in range(m0, m1):
-        base = m * row
+        base = uint64(m) * r
         if keep[m]:
-            for j in range(base, base + row):
-                y = _load(x, j) * scale
-                if bias != 0:
-                    y = y + bias
-                _store(out, j, y)
+            if bias == 0:
+                for j in range(r):
+                    _store(out, base + j, _load(x, base + j) * scale)
+            else:
+                for j in range(r):
+                    _store(out, base + j, _load(x, base + j) * scale + bias)
         else:
-            for j in range(base, base + row):
-                _store(out, j, fill)
+            for j in range(r):
+                _store(out, base + j, fill)
 
 
 def _groups(offset: int, n: int) -> tuple[int, int]:
@@ -246,16 +252,31 @@ def _mask_serial(out, g0, g1, k0, k1, offset, threshold):  # pragma: no cover
     _mask_span(out, g0, g1, k0, k1, offset, threshold)
 
 
+#: Below this many mask elements the fused rows kernels draw the mask on one thread before the parallel apply:
+#: one parallel region (one wake-up of the pool) instead of two.
+_SERIAL_MASK_BELOW = 1 << 16
+
+
 @njit(parallel=True, cache=True)
-def _rows_parallel(x, out, keep, scale, bias, fill, row):  # pragma: no cover
-    m = keep.size
+def _rows_parallel(x, out, g0, g1, k0, k1, offset, threshold, scale, bias, fill, row):  # pragma: no cover
+    m = x.size // row
+    keep = np.empty(m, dtype=np.bool_)
+    if m < _SERIAL_MASK_BELOW:
+        _mask_span(keep, g0, g1, k0, k1, offset, threshold)
+    else:
+        tasks = (g1 - g0 + _GROUPS_PER_TASK - 1) // _GROUPS_PER_TASK
+        for t in prange(tasks):
+            start = g0 + t * _GROUPS_PER_TASK
+            _mask_span(keep, start, min(g1, start + _GROUPS_PER_TASK), k0, k1, offset, threshold)
     step = max(1, (_GROUPS_PER_TASK * _GROUP) // row)
     for t in prange((m + step - 1) // step):
         _rows_span(x, out, keep, t * step, min(m, (t + 1) * step), scale, bias, fill, row)
 
 
 @njit(cache=True)
-def _rows_serial(x, out, keep, scale, bias, fill, row):  # pragma: no cover
+def _rows_serial(x, out, g0, g1, k0, k1, offset, threshold, scale, bias, fill, row):  # pragma: no cover
+    keep = np.empty(x.size // row, dtype=np.bool_)
+    _mask_span(keep, g0, g1, k0, k1, offset, threshold)
     _rows_span(x, out, keep, 0, keep.size, scale, bias, fill, row)
 
 
@@ -286,16 +307,17 @@ def _launch(parallel, serial, numel: int, *args) -> None:
     elif numel >= _ONE_THREAD_BELOW:
         parallel(*args)
     else:
-        threads = numba.get_num_threads()
-        numba.set_num_threads(1)
+        threads = _get_threads()
+        _set_threads(1)
         try:
             parallel(*args)
         finally:
-            numba.set_num_threads(threads)
+            _set_threads(threads)
 
 
 def _key(seed: int) -> tuple[np.uint32, np.uint32]:
-    return tuple(np.uint32(half) for half in rng._split_seed(seed))  # type: ignore[return-value]
+    low, high = rng._split_seed(seed)
+    return np.uint32(low), np.uint32(high)
 
 
 def keep_mask(numel: int, seed: int, offset: int, threshold: int) -> torch.Tensor:
@@ -338,9 +360,10 @@ def masked_affine(
         with _LOCK:
             _launch(_elementwise_parallel, _elementwise_serial, x.numel(), *args)
         return
-    keep = keep_mask(x.numel() // row, seed, offset, threshold).numpy()
+    m = x.numel() // row  # mask and apply fused: one compiled call, one parallel region for small masks
+    args = (xs, os_, *_groups(offset, m), *_key(seed), np.int64(offset), np.uint32(threshold), *affine, np.int64(row))
     with _LOCK:
-        _launch(_rows_parallel, _rows_serial, x.numel(), xs, os_, keep, *affine, np.int64(row))
+        _launch(_rows_parallel, _rows_serial, x.numel(), *args)
 
 
 def _start_quiet_pool() -> None:
@@ -362,6 +385,23 @@ def _start_quiet_pool() -> None:
 
 
 _start_quiet_pool()
+
+
+def _thread_setters():
+    """Return numba's raw thread-count getter and setter, now that its pool runs.
+
+    The public ones re-check the pool under a process lock on every call: microseconds that count on small
+    inputs. Falls back to the public ones if numba's internals change.
+    """
+    from numba.np.ufunc import parallel
+
+    get, set_ = getattr(parallel, "_get_num_threads", None), getattr(parallel, "_set_num_threads", None)
+    if callable(get) and callable(set_) and get() == numba.get_num_threads():
+        return get, set_
+    return numba.get_num_threads, numba.set_num_threads
+
+
+_get_threads, _set_threads = _thread_setters()
 
 
 def threads() -> int:
