@@ -257,6 +257,7 @@ def _identity_dropouts():
         "functional": (_FunctionalOnly(), (9, 8)),
         "dropout-after-prefix": (nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.5), nn.Dropout1d(0.3)),
                                  (6, 8)),
+        "p0-then-dropout": (nn.Sequential(nn.Linear(5, 6), nn.Dropout(0.0), nn.Dropout(0.5)), (4, 5)),
     }  # fmt: skip
 
 

@@ -20,6 +20,7 @@ seeded kernels) and summarises them in an :class:`MCResult`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import inspect
 import math
@@ -30,9 +31,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import _validate, rng
+from . import _validate, kernels, rng
 from . import functional as dkF
 from . import nn as dnn
+from .kernels import MaskSpec
 
 __all__ = ["mc_dropout", "predict", "MCResult", "stochastic_modules", "gaussian_log_likelihood"]
 
@@ -379,6 +381,24 @@ class _SampleStreams:
         self.aligned = False
         return _mix(self.seed, site) if aligned else _mix(self.seed, site, self.t0 + 1)
 
+    def repeated_dropout(self, h: torch.Tensor, t: int, p: float) -> torch.Tensor:
+        """``dropout(h repeated t times in dim 0, p)`` as the first draw of a chunk, without building the repeat.
+
+        Each sample's block is written straight from ``h`` (read from cache) with the mask the stacked call
+        would give it (the same seed and element offsets), so the result is bit for bit the unfused one.
+        """
+        out = torch.empty((t * h.shape[0], *h.shape[1:]), dtype=h.dtype, device=h.device)
+        blocks = out.view(t, *h.shape)
+        if p == 0.0:  # dropout returns its input and draws nothing
+            blocks.copy_(h.unsqueeze(0).expand_as(blocks))
+            return out
+        spec = MaskSpec(_mix(self.seed, self.site), 0, dkF._threshold(p), 0.0 if p == 1.0 else 1.0 / (1.0 - p))
+        self.site += 1
+        h = h.contiguous()
+        for s in range(t):
+            kernels.apply(h, dataclasses.replace(spec, offset=(self.t0 + s) * h.numel()), out=blocks[s])
+        return out
+
     @contextlib.contextmanager
     def chunk(self, t0: int, t: int):
         self.t0, self.t, self.site, self.aligned = t0, t, 0, False
@@ -424,6 +444,15 @@ def samples_per_chunk(widest: int, rows: int, samples: int, max_rows: int) -> in
     return max(1, min(samples, ACTIVATION_BUDGET // max(widest, 1), max_rows // max(rows, 1)))
 
 
+def _plain_dropout(rest: nn.Module) -> nn.Dropout | None:
+    """``rest[0]`` when ``rest`` is a ``Sequential`` that starts with torch's own ``nn.Dropout`` (no hooks)."""
+    if not isinstance(rest, nn.Sequential) or len(rest) < 2:
+        return None
+    layer = rest[0]
+    hooked = layer._forward_hooks or layer._forward_pre_hooks
+    return layer if type(layer) is nn.Dropout and not hooked else None
+
+
 @torch.no_grad()
 def _draw(model: nn.Module, x: torch.Tensor, samples: int, max_rows: int, vectorize: bool) -> torch.Tensor:
     """Return ``samples`` stochastic outputs of ``model`` at ``x``, shape ``(T, N, ...)``.
@@ -444,11 +473,15 @@ def _draw(model: nn.Module, x: torch.Tensor, samples: int, max_rows: int, vector
         h = prefix(x) if prefix is not None else x
         with streams.chunk(0, 1):  # a one-row probe (it may draw masks: from the streams, its output is dropped)
             per_chunk = samples_per_chunk(_widest_activation(rest, h[:1]) * n, n, samples, max_rows)
+        first = _plain_dropout(rest)
         chunks, done = [], 0
         while done < samples:
             t = min(per_chunk, samples - done)
             with streams.chunk(done, t):
-                out = rest(_repeat(h, t)) if t > 1 else rest(h)
+                if first is not None:  # repeat and first dropout fused: the repeat is never materialised
+                    out = rest[1:](streams.repeated_dropout(h, t, first.p))
+                else:
+                    out = rest(_repeat(h, t)) if t > 1 else rest(h)
             chunks.append(out.reshape(t, n, *out.shape[1:]))
             done += t
         return torch.cat(chunks)
