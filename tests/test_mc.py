@@ -331,3 +331,18 @@ def test_predict_unaligned_noise_layers_still_draw_fresh_samples(kwargs):
                          **kwargs).samples  # fmt: skip
     flat = samples.reshape(8, -1)
     assert len({tuple(row.tolist()) for row in flat}) == 8
+
+
+def test_predict_from_threads_gives_the_sequential_results():
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 3)).eval()
+    xs = [torch.randn(5, 8) for _ in range(4)]
+
+    def run(i):
+        return mc.predict(model, xs[i], samples=6, seed=i, task="regression", keep_samples=True).samples
+
+    expected = [run(i) for i in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(run, range(4)))
+    assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))

@@ -340,7 +340,7 @@ def _mix(*words: int) -> int:
 
 
 _SPEC_CODE = dkF._spec.__code__
-_streams_lock = threading.Lock()
+_streams_lock = threading.RLock()  # predict from several threads: one at a time (the hooks are process-wide)
 
 
 class _SampleStreams:
