@@ -561,7 +561,7 @@ def predict(
 
     stack = vectorize is True or (vectorize == "auto" and not _mixes_batch(model))
     rng_scope = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
-    with rng_scope, mc_dropout(model):
+    with _streams_lock, rng_scope, mc_dropout(model):  # one predict at a time: seeding and mode flags are global
         if seed is not None:
             torch.manual_seed(seed)
         outputs = _draw(model, x, samples, max_rows, stack)
