@@ -520,7 +520,8 @@ def predict(
 
     ``vectorize="auto"`` stacks unless a module in training mode mixes the batch (BatchNorm in training, where
     stacking would change the result) or a layer draws one mask per batch (per-batch DropConnect, where the
-    stacked samples would share it); ``False`` runs a Python loop of whole-model forwards.
+    stacked samples would share it); ``False`` runs a Python loop of whole-model forwards. Calls from several
+    threads run one at a time (the seeding and the models' mode switches are process-wide).
 
     Args:
         model: Any ``nn.Module`` with a stochastic path (see :class:`mc_dropout`).
