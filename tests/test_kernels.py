@@ -180,3 +180,39 @@ def test_rows_kernel_in_place_and_negative_zero():
 
 def test_apply_fast_path_dtypes_match_the_kernels():
     assert kernels._NUMBA_DTYPES == cpu.DTYPES
+
+
+def _vm_flags(address: int) -> list[str]:
+    """VmFlags of the mapping of this process that holds ``address`` (/proc/self/smaps)."""
+    lines = open("/proc/self/smaps").read().splitlines()
+    inside = False
+    for line in lines:
+        head = line.split()[0] if line else ""
+        if "-" in head and all(c in "0123456789abcdef-" for c in head):
+            lo, hi = (int(v, 16) for v in head.split("-"))
+            inside = lo <= address < hi
+        elif inside and line.startswith("VmFlags:"):
+            return line.split()[1:]
+    return []
+
+
+def test_large_outputs_are_advised_huge_pages_and_values_unchanged():
+    import sys
+
+    big = torch.empty(1 << 24)  # 64 MB of float32: above glibc's largest mmap threshold, so a fresh mapping
+    middle = big.data_ptr() + big.numel() * 2
+    if sys.platform.startswith("linux"):
+        assert "hg" not in _vm_flags(middle)  # torch itself does not advise (unless THP_MEM_ALLOC_ENABLE is set)
+    assert cpu.advise_huge_pages(big) is big
+    if sys.platform.startswith("linux"):
+        assert "hg" in _vm_flags(middle)  # MADV_HUGEPAGE recorded on the mapping
+    else:
+        assert cpu._MADVISE is None
+    x = torch.randn(1 << 22)
+    spec = MaskSpec(seed=4, offset=0, threshold=2**30, scale=2.0)
+    with kernels.use_backend("numba"):
+        got = kernels.apply(x, spec)
+    keep = keep_mask_ref(x.numel(), 4, 0, 2**30)
+    assert torch.equal(got, masked_affine_ref(x, keep, 2.0, 0.0, 0.0))
+    small = torch.empty(16)
+    assert cpu.advise_huge_pages(small) is small

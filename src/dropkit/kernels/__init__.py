@@ -222,7 +222,7 @@ def apply(
         numel = x.numel()
         k = x.dim() if spec.mask_dims < 0 else spec.mask_dims
         row = math.prod(x.shape[k:]) if numel else 1
-        dst = torch.empty_like(x, memory_format=torch.contiguous_format) if out is None else out
+        dst = cpu.advise_huge_pages(torch.empty_like(x, memory_format=torch.contiguous_format)) if out is None else out
         cpu.masked_affine(x, dst, spec.seed, spec.offset, spec.threshold, spec.scale, spec.bias, spec.fill, row)
         return dst
     mask_shape = spec.mask_shape(x.shape)
