@@ -216,3 +216,17 @@ def test_large_outputs_are_advised_huge_pages_and_values_unchanged():
     assert torch.equal(got, masked_affine_ref(x, keep, 2.0, 0.0, 0.0))
     small = torch.empty(16)
     assert cpu.advise_huge_pages(small) is small
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize(("n", "copies", "offset"), [(1000, 3, 5), (4096, 5, 123456789), (777, 1, 0), (70000, 4, 2)])
+@pytest.mark.parametrize("forked", [False, True])
+def test_repeat_kernel_equals_reference_of_the_repeat(monkeypatch, dtype, n, copies, offset, forked):
+    monkeypatch.setattr(cpu, "_forked", forked)  # True: the fork-safe serial twin
+    x = torch.randn(n, dtype=torch.float64).to(dtype)
+    x[:3] = torch.tensor([math.nan, math.inf, -math.inf], dtype=dtype)
+    out = torch.empty(copies, n, dtype=dtype)
+    cpu.masked_affine_repeat(x, out, 77, offset, 2**30, 1.5, 0.25, -1.0)
+    keep = keep_mask_ref(n * copies, 77, offset, 2**30).reshape(copies, n)
+    expected = masked_affine_ref(x.expand(copies, n), keep, 1.5, 0.25, -1.0)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0, equal_nan=True)

@@ -346,3 +346,14 @@ def test_predict_from_threads_gives_the_sequential_results():
     with ThreadPoolExecutor(4) as pool:
         got = list(pool.map(run, range(4)))
     assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+
+
+def test_predict_fused_first_dropout_is_the_same_on_every_backend():
+    from dropkit import kernels
+
+    model = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Dropout(0.5), nn.Linear(64, 3)).eval()
+    x = torch.randn(5, 8)
+    fast = mc.predict(model, x, samples=9, seed=4, task="regression", keep_samples=True).samples
+    with kernels.use_backend("reference"):  # per-copy kernel calls instead of the one repeat kernel
+        ref = mc.predict(model, x, samples=9, seed=4, task="regression", keep_samples=True).samples
+    assert torch.equal(fast, ref)

@@ -395,6 +395,11 @@ class _SampleStreams:
         spec = MaskSpec(_mix(self.seed, self.site), 0, dkF._threshold(p), 0.0 if p == 1.0 else 1.0 / (1.0 - p))
         self.site += 1
         h = h.contiguous()
+        if kernels.select(h) == "numba" and kernels._numba_takes(h.dtype):  # all copies in one parallel launch
+            from .kernels import cpu
+
+            cpu.masked_affine_repeat(h, out, spec.seed, self.t0 * h.numel(), spec.threshold, spec.scale, 0.0, 0.0)
+            return out
         for s in range(t):
             kernels.apply(h, dataclasses.replace(spec, offset=(self.t0 + s) * h.numel()), out=blocks[s])
         return out

@@ -30,7 +30,7 @@ from numba.extending import intrinsic, overload
 
 from .. import rng
 
-__all__ = ["DTYPES", "advise_huge_pages", "keep_mask", "masked_affine"]
+__all__ = ["DTYPES", "advise_huge_pages", "keep_mask", "masked_affine", "masked_affine_repeat"]
 
 #: dtypes with a fused kernel; other dtypes use :func:`keep_mask` plus torch ops.
 DTYPES = (torch.float32, torch.float64, torch.bfloat16)
@@ -254,6 +254,32 @@ def _mask_serial(out, g0, g1, k0, k1, offset, threshold):  # pragma: no cover
     _mask_span(out, g0, g1, k0, k1, offset, threshold)
 
 
+@njit(inline="always")
+def _repeat_task(x, out, task, per_copy, k0, k1, offset, threshold, scale, bias, fill):  # pragma: no cover
+    """Task ``task`` of the repeat kernel: a run of groups of copy ``task // per_copy`` (global offset shifted)."""
+    n = x.size
+    copy = task // per_copy
+    base = offset + copy * n  # global index of this copy's first element
+    g0 = base // _GROUP + (task % per_copy) * _GROUPS_PER_TASK
+    g1 = min((base + n - 1) // _GROUP + 1, g0 + _GROUPS_PER_TASK)
+    if g0 < g1:
+        _elementwise_span(x, out[copy * n : (copy + 1) * n], g0, g1, k0, k1, base, threshold, scale, bias, fill)
+
+
+@njit(parallel=True, cache=True)
+def _repeat_parallel(x, out, copies, k0, k1, offset, threshold, scale, bias, fill):  # pragma: no cover
+    per_copy = (x.size + _GROUP - 1) // _GROUP // _GROUPS_PER_TASK + 2  # tasks per copy, spare ones for misalignment
+    for task in prange(copies * per_copy):
+        _repeat_task(x, out, task, per_copy, k0, k1, offset, threshold, scale, bias, fill)
+
+
+@njit(cache=True)
+def _repeat_serial(x, out, copies, k0, k1, offset, threshold, scale, bias, fill):  # pragma: no cover
+    per_copy = (x.size + _GROUP - 1) // _GROUP // _GROUPS_PER_TASK + 2
+    for task in range(copies * per_copy):
+        _repeat_task(x, out, task, per_copy, k0, k1, offset, threshold, scale, bias, fill)
+
+
 #: Below this many mask elements the fused rows kernels draw the mask on one thread before the parallel apply:
 #: one parallel region (one wake-up of the pool) instead of two.
 _SERIAL_MASK_BELOW = 1 << 16
@@ -407,6 +433,30 @@ def advise_huge_pages(t: torch.Tensor) -> torch.Tensor:
     if end > start:
         _MADVISE(start, end - start, _MADV_HUGEPAGE)  # advice only: failures (EINVAL on old kernels) are ignored
     return t
+
+
+def masked_affine_repeat(
+    x: torch.Tensor, out: torch.Tensor, seed: int, offset: int, threshold: int, scale: float, bias: float, fill: float
+) -> None:
+    """Write ``copies = out.numel() // x.numel()`` masked copies of contiguous ``x`` into contiguous ``out``.
+
+    Element-wise masks; element ``i`` of copy ``c`` has global index ``offset + c * x.numel() + i``: exactly
+    :func:`masked_affine` of ``x`` repeated ``copies`` times along a new leading dimension, without building
+    the repeat, in one parallel launch.
+    """
+    n = x.numel()
+    if n == 0 or out.numel() == 0:
+        return
+    if x.dtype == torch.bfloat16:
+        xs, os_ = (t.detach().view(torch.int16).numpy().view(np.uint16).reshape(-1) for t in (x, out))
+        real = np.float32
+    else:
+        xs, os_ = x.detach().numpy().reshape(-1), out.detach().numpy().reshape(-1)
+        real = np.float32 if x.dtype == torch.float32 else np.float64
+    args = (xs, os_, np.int64(out.numel() // n), *_key(seed), np.int64(offset), np.uint32(threshold),
+            real(scale), real(bias), real(fill))  # fmt: skip
+    with _LOCK:
+        _launch(_repeat_parallel, _repeat_serial, out.numel(), *args)
 
 
 def _start_quiet_pool() -> None:
