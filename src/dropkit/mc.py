@@ -319,11 +319,12 @@ def _repeat(x: torch.Tensor, times: int) -> torch.Tensor:
     return x.unsqueeze(0).expand(times, *x.shape).reshape(times * x.shape[0], *x.shape[1:])
 
 
-#: Largest activation (elements) a stacked chunk may create: 8 MB of fp32, within a CPU's last-level cache, so a
-#: chunk's dropout passes and the next layer's reads hit the cache instead of memory. Measured on the reference
-#: MLP (784-1024-1024-10, batch 256, one thread): chunks of 8 samples (2^21-element activations) ran at the
-#: compute floor, chunks of 32 (2^23) 20 % above it.
-ACTIVATION_BUDGET = 1 << 21
+#: Largest activation (elements) a stacked chunk may create: 16 MB of fp32, half a CPU's last-level cache, and
+#: below glibc's 32 MB mmap ceiling, so torch's buffers are recycled from the heap instead of being mapped and
+#: page-faulted afresh for every chunk. Measured on the reference MLP (784-1024-1024-10, batch 256, T = 50, one
+#: thread): chunks of 8 or 16 samples (2^21 or 2^22 elements) ran at 0.94-0.95x the compute floor, chunks of 32
+#: (2^23, 32 MB) at 1.02x; under load every chunk costs a few thread-pool wake-ups, so fewer chunks win there.
+ACTIVATION_BUDGET = 1 << 22
 
 _MASK64 = (1 << 64) - 1
 
