@@ -21,7 +21,7 @@ B. "Never slower than the loop": models where ``predict`` cannot use the ``Seque
    to a Python loop, T = 30 each:
 
    - ``cnn``: a non-``Sequential`` CNN with a custom forward (conv-relu-Dropout2d-conv-relu-flatten-linear) on
-     64x1x28x28 inputs (2 samples per forward: larger feature maps would make ``predict`` loop over samples);
+     64x1x28x28 inputs (one sample's feature maps fill most of the stacking budget: ``predict`` loops over samples);
    - ``bn-train``: a ``Sequential`` MLP with ``BatchNorm1d`` in TRAINING mode and ``Dropout(0.5)``, batch 256
      (BatchNorm mixes the batch, so ``predict`` runs a Python loop, on dropkit's dropout kernels);
    - ``transformer``: one ``TransformerEncoderLayer`` (d_model 64, 4 heads, dropout 0.1, ``batch_first``), mean

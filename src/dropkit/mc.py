@@ -319,12 +319,13 @@ def _repeat(x: torch.Tensor, times: int) -> torch.Tensor:
     return x.unsqueeze(0).expand(times, *x.shape).reshape(times * x.shape[0], *x.shape[1:])
 
 
-#: Largest activation (elements) a stacked chunk may create: 16 MB of fp32, half a CPU's last-level cache, and
-#: below glibc's 32 MB mmap ceiling, so torch's buffers are recycled from the heap instead of being mapped and
-#: page-faulted afresh for every chunk. Measured on the reference MLP (784-1024-1024-10, batch 256, T = 50, one
-#: thread): chunks of 8 or 16 samples (2^21 or 2^22 elements) ran at 0.94-0.95x the compute floor, chunks of 32
-#: (2^23, 32 MB) at 1.02x; under load every chunk costs a few thread-pool wake-ups, so fewer chunks win there.
-ACTIVATION_BUDGET = 1 << 22
+#: Largest activation (elements) a stacked chunk may create: 8 MB of fp32, a quarter of a CPU's last-level cache,
+#: and well below glibc's 32 MB mmap ceiling, so torch's buffers are recycled from the heap instead of being mapped
+#: and page-faulted afresh for every chunk. Measured on this project's 2-CPU machine, one thread: the reference MLP
+#: (784-1024-1024-10, batch 256, T = 50) ran at 0.94x the compute floor in chunks of 8 samples (2^21 elements),
+#: 0.95x in chunks of 16, 1.02x in chunks of 32; the benchmark CNN (64 x 32 x 28 x 28 feature maps per sample)
+#: ran at 0.96x torch's loop as a loop, 0.81x stacked 2 per forward, 0.40x stacked 5 per forward.
+ACTIVATION_BUDGET = 1 << 21
 
 _MASK64 = (1 << 64) - 1
 
