@@ -7,6 +7,9 @@ What it measures (all on CPU, p = 0.5):
    ``dropkit.functional.dropout``. Timed twice: forward alone, and forward + backward
    (``y = op(x); y.backward(g)`` with ``x.requires_grad`` and a preallocated ``g`` of ones; the copy
    contender's backward is autograd's identity copy). ``x.grad`` is cleared after every call.
+1b. Channel dropout (``dropout2d``: one draw per (n, c) broadcast over H x W, the kernel dropout1d/3d and
+   feature_alpha_dropout share) of float32 ``(N, 32, 28, 28)`` feature maps, N = 64 and 1920 (the MC-dropout
+   CNN's batch and its 30 stacked samples), forward and forward + backward, against ``F.dropout2d`` and a copy.
 2. Bytes each op keeps for backward, per element (``saved_tensors_hooks``, unique storages counted once),
    at 2^20 elements with a ``requires_grad`` input. torch keeps a mask (1 byte per element or more);
    dropkit keeps only a seed, so 0.
@@ -27,6 +30,7 @@ Run::
     .venv/bin/python benchmarks/bench_cpu.py                    # full run, 7 rounds (a few minutes)
     .venv/bin/python benchmarks/bench_cpu.py --quick            # smoke run: 2^16 and 2^18, 3 rounds
     .venv/bin/python benchmarks/bench_cpu.py --rounds 9 --out section.md --json raw.json
+    .venv/bin/python benchmarks/bench_cpu.py --only channel      # one case (repeatable: --only mlp ...)
 
 ``--out`` writes the same tables as a Markdown section (to paste into ``benchmarks/RESULTS.md``);
 ``--json`` dumps the raw per-round numbers. A contender that raises is reported as an error, not fatal.
@@ -63,6 +67,7 @@ P = 0.5
 CONTENDERS = ("copy", "torch", "dropkit")
 #: (numerator, denominator) pairs whose per-round ratios are recorded for the element-wise cases.
 RATIOS = (("dropkit", "torch"), ("torch", "dropkit"), ("dropkit", "copy"), ("torch", "copy"))
+CASES = ("elementwise", "channel", "saved", "mlp")
 MLP_VARIANTS = ("none", "torch", "dropkit")
 MLP_SIZES = (784, 1024, 1024, 10)
 MLP_BATCH = 256
@@ -74,6 +79,7 @@ class Config:
     """What to run."""
 
     sizes_log2: tuple[int, ...] = (20, 22, 24, 26)
+    channel_shapes: tuple[tuple[int, ...], ...] = ((64, 32, 28, 28), (1920, 32, 28, 28))
     dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16)
     rounds: int = 7
     warmup: int = 3
@@ -84,7 +90,8 @@ class Config:
     @classmethod
     def quick(cls) -> Config:
         """Smoke-test settings: a few seconds."""
-        return cls(sizes_log2=(16, 18), rounds=3, warmup=2, min_sample_s=0.005, saved_log2=16, mlp_steps=3)
+        return cls(sizes_log2=(16, 18), channel_shapes=((4, 8, 7, 7),), rounds=3, warmup=2, min_sample_s=0.005,
+                   saved_log2=16, mlp_steps=3)  # fmt: skip
 
 
 @dataclass
@@ -180,6 +187,14 @@ def _ops() -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
     }
 
 
+def _channel_ops() -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    return {
+        "copy": lambda t: t.clone(),
+        "torch": lambda t: F.dropout2d(t, P, training=True),
+        "dropkit": lambda t: DF.dropout2d(t, P, training=True),
+    }
+
+
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
@@ -224,6 +239,29 @@ def bench_elementwise(cfg: Config) -> list[dict[str, Any]]:
                 _free()
             del x, xg, g
             _free()
+    return results
+
+
+def bench_channel(cfg: Config) -> list[dict[str, Any]]:
+    """Case 1b: forward and forward+backward of channel dropout (dropout2d) on float32 feature maps."""
+    results = []
+    ops = _channel_ops()
+    gen = torch.Generator().manual_seed(0)
+    for shape in cfg.channel_shapes:
+        x = torch.randn(shape, generator=gen)
+        xg = x.detach().clone().requires_grad_(True)
+        g = torch.ones_like(x)
+        label = "x".join(map(str, shape))
+        for kind in ("fwd", "fwd+bwd"):
+            start = time.perf_counter()
+            calls = {name: _call(ops[name], kind, x, xg, g) for name in CONTENDERS}
+            timing = interleaved(calls, cfg)
+            del calls
+            _log(f"  dropout2d {label:14s} {kind:7s} {time.perf_counter() - start:6.1f} s")
+            results.append({"shape": label, "kind": kind, "timing": timing})
+            _free()
+        del x, xg, g
+        _free()
     return results
 
 
@@ -419,6 +457,20 @@ def elementwise_table(results: list[dict[str, Any]], kind: str) -> Table:
     return Table(f"Element-wise dropout p={P}: {what}", header, rows)
 
 
+def channel_table(results: list[dict[str, Any]]) -> Table:
+    header = ["input (fp32)", "pass", "copy ms", "torch ms", "dropkit ms", "torch/dropkit", "dropkit/copy",
+              "torch/copy", "spread t/d"]  # fmt: skip
+    rows = []
+    for r in results:
+        t: Timing = r["timing"]
+        speedup = t.ratio("torch", "dropkit")
+        rows.append(
+            [r["shape"], r["kind"], *(_ms(t.median(c)) for c in CONTENDERS), _x(speedup),
+             _x(t.ratio("dropkit", "copy")), _x(t.ratio("torch", "copy")), _spread(speedup)]
+        )  # fmt: skip
+    return Table(f"Channel dropout (dropout2d) p={P}", header, rows)
+
+
 def saved_table(results: list[dict[str, Any]]) -> Table:
     rows = []
     for r in results:
@@ -454,15 +506,21 @@ def tables(results: dict[str, Any]) -> list[Table]:
     out = []
     if results["elementwise"]:
         out += [elementwise_table(results["elementwise"], "fwd"), elementwise_table(results["elementwise"], "fwd+bwd")]
-    out.append(saved_table(results["saved"]))
-    out.append(mlp_table(results["mlp"]))
+    if results["channel"]:
+        out.append(channel_table(results["channel"]))
+    if results["saved"]:
+        out.append(saved_table(results["saved"]))
+    if results["mlp"] is not None:
+        out.append(mlp_table(results["mlp"]))
     return out
 
 
 def _errors(results: dict[str, Any]) -> list[str]:
     seen: dict[str, list[str]] = {}
     cases = [(f"{r['dtype']} 2^{r['log2']} {r['kind']}", r["timing"]) for r in results["elementwise"]]
-    cases.append(("mlp", results["mlp"]["timing"]))
+    cases += [(f"dropout2d {r['shape']} {r['kind']}", r["timing"]) for r in results["channel"]]
+    if results["mlp"] is not None:
+        cases.append(("mlp", results["mlp"]["timing"]))
     for label, timing in cases:
         for name, err in timing.errors.items():
             seen.setdefault(f"{name}: {err}", []).append(label)
@@ -536,6 +594,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--min-sample-ms", type=float, help="minimum duration of one timing sample (default 20)")
     parser.add_argument("--out", metavar="FILE", help="write the results as a Markdown section to FILE")
     parser.add_argument("--json", metavar="FILE", help="dump the raw numbers as JSON to FILE")
+    parser.add_argument("--only", choices=CASES, action="append", help="run only this case (repeatable; default: all)")
     parser.add_argument("--heading", default="CPU: dropkit vs torch vs copy", help="heading of the Markdown section")
     args = parser.parse_args(argv)
     if args.rounds is not None and args.rounds < 1:
@@ -554,13 +613,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     kernels.backend()  # load the CPU kernels (numba) before timing anything
     start = time.perf_counter()
-    _log("bench_cpu: element-wise dropout ...")
-    elementwise = bench_elementwise(cfg)
-    _log("bench_cpu: bytes kept for backward ...")
-    saved = bench_saved(cfg)
-    _log("bench_cpu: MLP training step ...")
-    mlp = bench_mlp(cfg)
-    results = {"machine": machine_info(), "elementwise": elementwise, "saved": saved, "mlp": mlp}
+    only = set(args.only or CASES)
+    results: dict[str, Any] = {"machine": machine_info(), "elementwise": [], "channel": [], "saved": [], "mlp": None}
+    if "elementwise" in only:
+        _log("bench_cpu: element-wise dropout ...")
+        results["elementwise"] = bench_elementwise(cfg)
+    if "channel" in only:
+        _log("bench_cpu: channel dropout ...")
+        results["channel"] = bench_channel(cfg)
+    if "saved" in only:
+        _log("bench_cpu: bytes kept for backward ...")
+        results["saved"] = bench_saved(cfg)
+    if "mlp" in only:
+        _log("bench_cpu: MLP training step ...")
+        results["mlp"] = bench_mlp(cfg)
     _log(f"bench_cpu: done in {time.perf_counter() - start:.0f} s")
 
     print(render_text(results, cfg), end="")

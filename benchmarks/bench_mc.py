@@ -21,7 +21,7 @@ B. "Never slower than the loop": models where ``predict`` cannot use the ``Seque
    to a Python loop, T = 30 each:
 
    - ``cnn``: a non-``Sequential`` CNN with a custom forward (conv-relu-Dropout2d-conv-relu-flatten-linear) on
-     64x1x28x28 inputs (``predict`` stacks the whole model);
+     64x1x28x28 inputs (one sample's feature maps fill most of the stacking budget: ``predict`` loops over samples);
    - ``bn-train``: a ``Sequential`` MLP with ``BatchNorm1d`` in TRAINING mode and ``Dropout(0.5)``, batch 256
      (BatchNorm mixes the batch, so ``predict`` runs a Python loop, on dropkit's dropout kernels);
    - ``transformer``: one ``TransformerEncoderLayer`` (d_model 64, 4 heads, dropout 0.1, ``batch_first``), mean
@@ -225,13 +225,17 @@ def _mixes_batch(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules())
 
 
-def predict_path(model: nn.Module) -> str:
-    """How ``predict(vectorize="auto")`` draws the samples of ``model`` (as documented in ``dropkit.mc``)."""
+def predict_path(model: nn.Module, x: torch.Tensor, samples: int) -> str:
+    """How ``predict(vectorize="auto")`` draws the samples of ``model`` at ``x`` (its rule, ``dropkit.mc``)."""
     if _mixes_batch(model):
         return "Python loop (BatchNorm training)"
-    if isinstance(model, nn.Sequential):
-        return "stacked, prefix once"
-    return "stacked, whole model"
+    prefix, rest = dmc._split_sequential(model)
+    where = "prefix once" if prefix is not None else "whole model"
+    with torch.no_grad(), dmc.mc_dropout(model):
+        h = prefix(x) if prefix is not None else x
+        widest = dmc._widest_activation(rest, h[:1]) * x.shape[0]
+    per = dmc.samples_per_chunk(widest, x.shape[0], samples, 1 << 13)
+    return f"loop of samples, {where}" if per == 1 else f"stacked {per} per forward, {where}"
 
 
 # ------------------------------------------------------------------------------------------ contenders
@@ -314,7 +318,7 @@ def bench_reference(cfg: Config) -> dict[str, Any]:
         "model": "-".join(map(str, MLP_SIZES)) + " ReLU MLP, 2x nn.Dropout(0.5)",
         "input": list(x.shape),
         "samples": t,
-        "path": predict_path(model),
+        "path": predict_path(model, x, t),
         "timing": timing,
     }
 
@@ -344,7 +348,7 @@ def bench_fallbacks(cfg: Config) -> list[dict[str, Any]]:
         if stackable:
             calls["stacked-torch"] = stacked_call(model, x, t)
         calls["dropkit"] = dropkit_call(model, x, t)
-        path = predict_path(model)
+        path = predict_path(model, x, t)
         start = time.perf_counter()
         timing = interleaved(calls, cfg)
         _log(f"  {name:12s} T={t} {str(list(x.shape)):16s} {time.perf_counter() - start:6.1f} s")

@@ -24,7 +24,7 @@ def test_bench_mc_quick_runs_every_case(tmp_path, capsys):
     results = module.main(["--quick", "--out", str(out), "--json", str(raw)])
 
     ref = results["reference"]
-    assert ref["samples"] == 5 and ref["path"] == "stacked, prefix once"
+    assert ref["samples"] == 5 and ref["path"] == "stacked 5 per forward, prefix once"
     timing = ref["timing"]
     assert timing.errors == {}
     assert set(timing.times) == {"loop", "stacked-torch", "floor", "dropkit"}
@@ -36,7 +36,7 @@ def test_bench_mc_quick_runs_every_case(tmp_path, capsys):
     fallbacks = {r["name"]: r for r in results["fallbacks"]}
     assert set(fallbacks) == {"cnn", "bn-train", "transformer"}
     assert fallbacks["bn-train"]["path"].startswith("Python loop")
-    assert fallbacks["cnn"]["path"] == fallbacks["transformer"]["path"] == "stacked, whole model"
+    assert fallbacks["cnn"]["path"] == fallbacks["transformer"]["path"] == "stacked 5 per forward, whole model"
     for r in fallbacks.values():
         t = r["timing"]
         assert t.errors == {}
@@ -52,6 +52,18 @@ def test_bench_mc_quick_runs_every_case(tmp_path, capsys):
     dumped = json.loads(raw.read_text())
     assert dumped["config"]["rounds"] == 2
     assert set(dumped["reference"]["timing"]["seconds_per_call"]) == {"loop", "stacked-torch", "floor", "dropkit"}
+
+
+def test_predict_path_follows_the_rule_at_full_size():
+    module = _load()
+    cfg = module.Config()
+    models = {name: (model, x) for name, _, model, x, _ in module._b_models(cfg)}
+    cnn, x = models["cnn"]  # 64 x 32 x 28 x 28 feature maps per sample: more than half the budget, so the loop
+    assert module.predict_path(cnn, x, cfg.samples_b) == "loop of samples, whole model"
+    assert module.predict_path(cnn, x[:16], cfg.samples_b) == "stacked 5 per forward, whole model"
+    mlp = module.mlp().eval()
+    x = module.torch.randn(cfg.batch_a, module.MLP_SIZES[0])
+    assert module.predict_path(mlp, x, cfg.samples_a) == "stacked 8 per forward, prefix once"
 
 
 def test_contenders_draw_probabilities_of_the_same_shape():

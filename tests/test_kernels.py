@@ -121,3 +121,112 @@ def test_forked_child_runs_the_serial_kernels_with_the_same_masks():
         got, forked = pool.apply_async(_dropout_in_child, (x.numpy(),)).get(timeout=120)
     assert forked and not cpu._forked
     assert torch.equal(torch.from_numpy(got), expected)
+
+
+# ---- channel (rows) kernel: mask fused with the broadcast apply -------------------------------------------------
+
+ROW_SHAPES = [
+    pytest.param((3, 5, 7, 9), 2, id="nchw-small"),  # one thread, mask drawn serially
+    pytest.param((64, 32, 28, 28), 2, id="nchw-mc-cnn"),  # all threads (>= 2^18 elements)
+    pytest.param((40000, 3, 2), 2, id="mask-2^17"),  # mask >= _SERIAL_MASK_BELOW: drawn in its own parallel loop
+    pytest.param((5, 3, 1), 2, id="row-of-one"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize(("shape", "mask_dims"), ROW_SHAPES)
+@pytest.mark.parametrize("spec", SPECS[:3])
+def test_rows_kernel_equals_reference(dtype, shape, mask_dims, spec):
+    spec = MaskSpec(spec.seed, spec.offset, spec.threshold, spec.scale, spec.bias, spec.fill, mask_dims)
+    x = torch.randn(shape, dtype=torch.float64).to(dtype)
+    x.view(-1)[:3] = torch.tensor([math.nan, math.inf, -math.inf], dtype=dtype)  # dropped: exactly the fill
+    mask_shape = spec.mask_shape(x.shape)
+    keep = keep_mask_ref(math.prod(mask_shape), spec.seed, spec.offset, spec.threshold).reshape(mask_shape)
+    expected = masked_affine_ref(x, keep, spec.scale, spec.bias, spec.fill)
+    threads = cpu.numba.get_num_threads()
+    with kernels.use_backend("numba"):
+        got = kernels.apply(x, spec)
+    assert cpu.numba.get_num_threads() == threads  # the one-thread launch restores the thread count
+    torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("bias", [0.0, 0.5])
+def test_rows_serial_twin_equals_parallel(monkeypatch, bias):
+    """The fork-safe serial kernel (DataLoader workers) writes what the parallel one writes."""
+    x = torch.randn(6, 40, 33)
+    args = (11, 3, 2**30, 1.5, bias, -0.25, 33)
+    parallel = torch.empty_like(x)
+    cpu.masked_affine(x, parallel, *args)
+    monkeypatch.setattr(cpu, "_forked", True)
+    serial = torch.empty_like(x)
+    cpu.masked_affine(x, serial, *args)
+    assert torch.equal(serial, parallel)
+    kept = (parallel.flatten(0, 1) != -0.25).all(-1)
+    assert 0 < int(kept.sum()) < kept.numel()  # both kinds of rows occur
+
+
+def test_rows_kernel_in_place_and_negative_zero():
+    # bias 0: kept rows are x * scale exactly (no "+ 0.0", which would turn -0.0 into +0.0)
+    x = torch.full((4, 8, 5), -0.0)
+    spec = MaskSpec(seed=2, offset=0, threshold=2**30, scale=2.0, mask_dims=2)
+    with kernels.use_backend("numba"):
+        y = kernels.apply(x.clone(), spec)
+        z = x.clone()
+        assert kernels.apply(z, spec, out=z) is z
+    kept = keep_mask_ref(32, 2, 0, 2**30).reshape(4, 8)
+    assert bool(torch.signbit(y[kept]).all()) and not bool(torch.signbit(y[~kept]).any())
+    assert torch.equal(z, y)
+
+
+def test_apply_fast_path_dtypes_match_the_kernels():
+    assert kernels._NUMBA_DTYPES == cpu.DTYPES
+
+
+def _vm_flags(address: int) -> list[str]:
+    """VmFlags of the mapping of this process that holds ``address`` (/proc/self/smaps)."""
+    lines = open("/proc/self/smaps").read().splitlines()
+    inside = False
+    for line in lines:
+        head = line.split()[0] if line else ""
+        if "-" in head and all(c in "0123456789abcdef-" for c in head):
+            lo, hi = (int(v, 16) for v in head.split("-"))
+            inside = lo <= address < hi
+        elif inside and line.startswith("VmFlags:"):
+            return line.split()[1:]
+    return []
+
+
+def test_large_outputs_are_advised_huge_pages_and_values_unchanged():
+    import sys
+
+    big = torch.empty(1 << 24)  # 64 MB of float32: above glibc's largest mmap threshold, so a fresh mapping
+    middle = big.data_ptr() + big.numel() * 2
+    if sys.platform.startswith("linux"):
+        assert "hg" not in _vm_flags(middle)  # torch itself does not advise (unless THP_MEM_ALLOC_ENABLE is set)
+    assert cpu.advise_huge_pages(big) is big
+    if sys.platform.startswith("linux"):
+        assert "hg" in _vm_flags(middle)  # MADV_HUGEPAGE recorded on the mapping
+    else:
+        assert cpu._MADVISE is None
+    x = torch.randn(1 << 22)
+    spec = MaskSpec(seed=4, offset=0, threshold=2**30, scale=2.0)
+    with kernels.use_backend("numba"):
+        got = kernels.apply(x, spec)
+    keep = keep_mask_ref(x.numel(), 4, 0, 2**30)
+    assert torch.equal(got, masked_affine_ref(x, keep, 2.0, 0.0, 0.0))
+    small = torch.empty(16)
+    assert cpu.advise_huge_pages(small) is small
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize(("n", "copies", "offset"), [(1000, 3, 5), (4096, 5, 123456789), (777, 1, 0), (70000, 4, 2)])
+@pytest.mark.parametrize("forked", [False, True])
+def test_repeat_kernel_equals_reference_of_the_repeat(monkeypatch, dtype, n, copies, offset, forked):
+    monkeypatch.setattr(cpu, "_forked", forked)  # True: the fork-safe serial twin
+    x = torch.randn(n, dtype=torch.float64).to(dtype)
+    x[:3] = torch.tensor([math.nan, math.inf, -math.inf], dtype=dtype)
+    out = torch.empty(copies, n, dtype=dtype)
+    cpu.masked_affine_repeat(x, out, 77, offset, 2**30, 1.5, 0.25, -1.0)
+    keep = keep_mask_ref(n * copies, 77, offset, 2**30).reshape(copies, n)
+    expected = masked_affine_ref(x.expand(copies, n), keep, 1.5, 0.25, -1.0)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0, equal_nan=True)

@@ -238,3 +238,122 @@ def test_gaussian_log_likelihood_matches_the_mixture_density():
     assert math.isclose(float(got), math.log(density), rel_tol=1e-6)
     with pytest.raises(ValueError, match="gaussian_log_likelihood: tau must be a finite number > 0, but got 0.0."):
         mc.gaussian_log_likelihood(samples, target, 0.0)
+
+
+# ---- predict: the stacked and loop paths draw the same samples ---------------------------------------------------
+
+
+class _FunctionalOnly(nn.Module):
+    def forward(self, x):
+        return nn.functional.dropout(x, 0.5, training=self.training) + dkF.dropout(x, 0.2, training=self.training)
+
+
+def _identity_dropouts():
+    # no matrix products: the outputs are the masks times the input, exactly, so any mask difference shows
+    return {
+        "dropout": (nn.Sequential(nn.Dropout(0.5)), (7, 33)),
+        "dropout2d": (nn.Sequential(nn.Dropout2d(0.4)), (5, 6, 3, 4)),
+        "dropkit-alpha-and-dropout": (nn.Sequential(dnn.AlphaDropout(0.2), dnn.Dropout(0.3)), (4, 50)),
+        "functional": (_FunctionalOnly(), (9, 8)),
+        "dropout-after-prefix": (nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.5), nn.Dropout1d(0.3)),
+                                 (6, 8)),
+        "p0-then-dropout": (nn.Sequential(nn.Linear(5, 6), nn.Dropout(0.0), nn.Dropout(0.5)), (4, 5)),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(_identity_dropouts()))
+def test_predict_stacked_and_loop_paths_draw_identical_samples(name):
+    model, shape = _identity_dropouts()[name]
+    model.eval()
+    x = torch.randn(shape)
+    n = shape[0]
+
+    def draw(**kwargs):
+        return mc.predict(model, x, samples=11, seed=9, task="regression", keep_samples=True, **kwargs).samples
+
+    stacked = draw(vectorize=True)  # 11 samples in one forward
+    for other in (draw(vectorize=False), draw(max_rows=n), draw(max_rows=3 * n), draw(max_rows=1)):
+        assert torch.equal(other, stacked)  # bit for bit: the grouping never changes the masks
+    assert not torch.equal(stacked[0], stacked[1])  # ... and the samples still differ from each other
+    assert not torch.equal(draw(vectorize=True)[0], mc.predict(model, x, 11, seed=10, task="regression",
+                                                                keep_samples=True).samples[0])  # fmt: skip
+
+
+def test_predict_paths_agree_through_matrix_products():
+    model = _mlp()  # Linear-BatchNorm(eval)-ReLU-Dropout-Linear: the prefix runs once, the rest stacked or looped
+    x = torch.randn(12, 8)
+    stacked = mc.predict(model, x, samples=20, seed=2, task="regression", keep_samples=True).samples
+    looped = mc.predict(model, x, samples=20, seed=2, task="regression", keep_samples=True, max_rows=12).samples
+    # same masks; only the matrix products' rounding may differ with the number of rows
+    torch.testing.assert_close(looped, stacked, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.statistical
+def test_predict_aligned_samples_are_independent():
+    """Samples at consecutive element offsets of one seed: keep indicators uncorrelated across samples."""
+    model = nn.Sequential(nn.Dropout(0.5)).eval()
+    x = torch.ones(50, 40)
+    samples = mc.predict(model, x, samples=200, seed=0, task="regression", keep_samples=True).samples
+    kept = (samples != 0).float().reshape(200, -1)  # (T, 2000)
+    # keep rate: binomial, 400000 draws, 5 standard errors
+    assert abs(float(kept.mean()) - 0.5) < 5 * math.sqrt(0.25 / kept.numel())
+    # correlation of consecutive samples' masks: ~N(0, 1/m) for independent draws, m = 199 * 2000
+    a, b = kept[:-1] - 0.5, kept[1:] - 0.5
+    corr = float((a * b).mean() / 0.25)
+    assert abs(corr) < 5 / math.sqrt(a.numel())
+
+
+def test_samples_per_chunk_rule():
+    budget = mc.ACTIVATION_BUDGET
+    assert mc.samples_per_chunk(budget // 8, 10, 50, 1 << 13) == 8  # small per-sample work: stack 8
+    assert mc.samples_per_chunk(budget // 2 + 1, 64, 30, 1 << 13) == 1  # a sample fills the budget: loop
+    assert mc.samples_per_chunk(10, 256, 50, 1 << 13) == 32  # rows cap
+    assert mc.samples_per_chunk(10, 256, 5, 1 << 13) == 5  # never more than T
+    assert mc.samples_per_chunk(budget * 4, 1 << 14, 5, 1 << 13) == 1  # at least one
+
+
+def test_predict_leaves_seed_hooks_as_they_were():
+    from dropkit import rng
+
+    model = _mlp()
+    before = (dkF._seed_override, rng.current_shards)
+    with pytest.raises(RuntimeError):
+        mc.predict(nn.Sequential(nn.Linear(8, 3), nn.Dropout(0.0)), torch.randn(4, 8), samples=3)
+    mc.predict(model, torch.randn(4, 8), samples=3)
+    assert (dkF._seed_override, rng.current_shards) == before
+
+
+@pytest.mark.parametrize("kwargs", [{"vectorize": False}, {"max_rows": 6}, {"vectorize": True}])
+def test_predict_unaligned_noise_layers_still_draw_fresh_samples(kwargs):
+    # Gaussian dropout draws its noise outside the mask specs: seeds that differ per chunk, never a repeated sample
+    model = nn.Sequential(dnn.GaussianDropout(0.3), nn.Dropout(0.2)).eval()
+    samples = mc.predict(model, torch.ones(6, 5), samples=8, seed=1, task="regression", keep_samples=True,
+                         **kwargs).samples  # fmt: skip
+    flat = samples.reshape(8, -1)
+    assert len({tuple(row.tolist()) for row in flat}) == 8
+
+
+def test_predict_from_threads_gives_the_sequential_results():
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 3)).eval()
+    xs = [torch.randn(5, 8) for _ in range(4)]
+
+    def run(i):
+        return mc.predict(model, xs[i], samples=6, seed=i, task="regression", keep_samples=True).samples
+
+    expected = [run(i) for i in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(run, range(4)))
+    assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+
+
+def test_predict_fused_first_dropout_is_the_same_on_every_backend():
+    from dropkit import kernels
+
+    model = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Dropout(0.5), nn.Linear(64, 3)).eval()
+    x = torch.randn(5, 8)
+    fast = mc.predict(model, x, samples=9, seed=4, task="regression", keep_samples=True).samples
+    with kernels.use_backend("reference"):  # per-copy kernel calls instead of the one repeat kernel
+        ref = mc.predict(model, x, samples=9, seed=4, task="regression", keep_samples=True).samples
+    assert torch.equal(fast, ref)

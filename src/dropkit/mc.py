@@ -20,19 +20,21 @@ seeded kernels) and summarises them in an :class:`MCResult`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import inspect
 import math
+import sys
 import threading
-import time
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from . import _validate
+from . import _validate, kernels, rng
 from . import functional as dkF
 from . import nn as dnn
+from .kernels import MaskSpec
 
 __all__ = ["mc_dropout", "predict", "MCResult", "stochastic_modules", "gaussian_log_likelihood"]
 
@@ -317,8 +319,110 @@ def _repeat(x: torch.Tensor, times: int) -> torch.Tensor:
     return x.unsqueeze(0).expand(times, *x.shape).reshape(times * x.shape[0], *x.shape[1:])
 
 
-#: Largest activation (elements) a stacked chunk may create: beyond cache sizes, stacking stops paying off.
-ACTIVATION_BUDGET = 1 << 23
+#: Largest activation (elements) a stacked chunk may create: 8 MB of fp32, a quarter of a CPU's last-level cache,
+#: and well below glibc's 32 MB mmap ceiling, so torch's buffers are recycled from the heap instead of being mapped
+#: and page-faulted afresh for every chunk. Measured on this project's 2-CPU machine, one thread: the reference MLP
+#: (784-1024-1024-10, batch 256, T = 50) ran at 0.94x the compute floor in chunks of 8 samples (2^21 elements),
+#: 0.95x in chunks of 16, 1.02x in chunks of 32; the benchmark CNN (64 x 32 x 28 x 28 feature maps per sample)
+#: ran at 0.96x torch's loop as a loop, 0.81x stacked 2 per forward, 0.40x stacked 5 per forward.
+ACTIVATION_BUDGET = 1 << 21
+
+_MASK64 = (1 << 64) - 1
+
+
+def _mix(*words: int) -> int:
+    """A 64-bit seed from integers (splitmix64 finaliser over each word in turn)."""
+    z = 0
+    for word in words:
+        z = (z ^ (word & _MASK64)) + 0x9E3779B97F4A7C15 & _MASK64
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9 & _MASK64
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EB & _MASK64
+        z ^= z >> 31
+    return z
+
+
+_SPEC_CODE = dkF._spec.__code__
+_streams_lock = threading.RLock()  # predict from several threads: one at a time (the hooks are process-wide)
+
+
+class _SampleStreams:
+    r"""Random streams that make sample :math:`t`'s masks the same however the samples are grouped.
+
+    Inside :meth:`chunk` ``(t0, t)`` (a forward of samples ``t0 .. t0 + t - 1`` stacked in the batch dimension,
+    ``t * N`` rows, sample-major), the :math:`k`-th mask drawn in the forward gets the seed
+    :math:`s_k = \mathrm{mix}(s, k)` (:math:`s`: one seed drawn per :func:`predict` call) and, when its input has
+    the ``t * N`` stacked rows in dimension 0, is read as the rows ``t0 * N ..`` of a batch of ``T * N`` rows
+    (:func:`dropkit.rng.shard` on dimension 0: element indices offset by ``t0 * N`` rows). Every dropkit mask
+    being a pure function of (seed, element index), sample :math:`t` draws the same mask whether it runs alone
+    (``t = 1``, the loop) or stacked with others, so the choice between them never changes the numbers.
+
+    This covers every op built on dropkit's mask specs (dropout, dropout1d/2d/3d, alpha and feature-alpha
+    dropout: torch's modules and functional calls, routed to dropkit by :class:`mc_dropout`). Draws that cannot
+    be aligned (other ops, inputs without the stacked rows in dimension 0) get a seed that also mixes in
+    ``t0``: independent across chunks, as before, but then the grouping does change their values.
+    """
+
+    def __init__(self, seed: int, rows: int, samples: int) -> None:
+        self.seed, self.rows, self.samples = seed, rows, samples
+        self.t0, self.t, self.site, self.aligned = 0, 1, 0, False
+
+    def _shards(self) -> tuple[rng.Shard, ...]:
+        shards = _current_shards()
+        caller = sys._getframe(1)
+        self.aligned = False
+        if caller.f_code is _SPEC_CODE and not shards:
+            x = caller.f_locals.get("input")
+            if isinstance(x, torch.Tensor) and x.dim() > 0 and x.shape[0] == self.t * self.rows:
+                self.aligned = True
+                return (rng.Shard(0, self.t0 * self.rows, self.samples * self.rows),)
+        return shards
+
+    def _seed(self) -> int:
+        site, self.site = self.site, self.site + 1
+        aligned = self.aligned and sys._getframe(2).f_code is _SPEC_CODE
+        self.aligned = False
+        return _mix(self.seed, site) if aligned else _mix(self.seed, site, self.t0 + 1)
+
+    def repeated_dropout(self, h: torch.Tensor, t: int, p: float) -> torch.Tensor:
+        """``dropout(h repeated t times in dim 0, p)`` as the first draw of a chunk, without building the repeat.
+
+        Each sample's block is written straight from ``h`` (read from cache) with the mask the stacked call
+        would give it (the same seed and element offsets), so the result is bit for bit the unfused one.
+        """
+        out = torch.empty((t * h.shape[0], *h.shape[1:]), dtype=h.dtype, device=h.device)
+        blocks = out.view(t, *h.shape)
+        if p == 0.0:  # dropout returns its input and draws nothing
+            blocks.copy_(h.unsqueeze(0).expand_as(blocks))
+            return out
+        spec = MaskSpec(_mix(self.seed, self.site), 0, dkF._threshold(p), 0.0 if p == 1.0 else 1.0 / (1.0 - p))
+        self.site += 1
+        h = h.contiguous()
+        if kernels.select(h) == "numba" and kernels._numba_takes(h.dtype):  # all copies in one parallel launch
+            from .kernels import cpu
+
+            cpu.masked_affine_repeat(h, out, spec.seed, self.t0 * h.numel(), spec.threshold, spec.scale, 0.0, 0.0)
+            return out
+        for s in range(t):
+            kernels.apply(h, dataclasses.replace(spec, offset=(self.t0 + s) * h.numel()), out=blocks[s])
+        return out
+
+    @contextlib.contextmanager
+    def chunk(self, t0: int, t: int):
+        self.t0, self.t, self.site, self.aligned = t0, t, 0, False
+        yield
+
+    def __enter__(self) -> _SampleStreams:
+        _streams_lock.acquire()
+        self._saved = dkF._seed_override, rng.current_shards
+        dkF._seed_override, rng.current_shards = self._seed, self._shards
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        dkF._seed_override, rng.current_shards = self._saved
+        _streams_lock.release()
+
+
+_current_shards = rng.current_shards
 
 
 def _widest_activation(module: nn.Module, row: torch.Tensor) -> int:
@@ -338,40 +442,56 @@ def _widest_activation(module: nn.Module, row: torch.Tensor) -> int:
     return max(sizes)
 
 
+def samples_per_chunk(widest: int, rows: int, samples: int, max_rows: int) -> int:
+    """How many samples :func:`predict` stacks per forward: ``1`` is the Python loop (prefix still reused).
+
+    The most samples whose stacked widest activation (``widest`` elements per sample) stays within
+    :data:`ACTIVATION_BUDGET` and whose rows (``rows`` per sample) within ``max_rows``, at least one.
+    """
+    return max(1, min(samples, ACTIVATION_BUDGET // max(widest, 1), max_rows // max(rows, 1)))
+
+
+def _plain_dropout(rest: nn.Module) -> nn.Dropout | None:
+    """``rest[0]`` when ``rest`` is a ``Sequential`` that starts with torch's own ``nn.Dropout`` (no hooks)."""
+    if not isinstance(rest, nn.Sequential) or len(rest) < 2:
+        return None
+    layer = rest[0]
+    hooked = layer._forward_hooks or layer._forward_pre_hooks
+    return layer if type(layer) is nn.Dropout and not hooked else None
+
+
 @torch.no_grad()
-def _draw(
-    model: nn.Module, x: torch.Tensor, samples: int, max_rows: int, vectorize: bool, adaptive: bool
-) -> torch.Tensor:
+def _draw(model: nn.Module, x: torch.Tensor, samples: int, max_rows: int, vectorize: bool) -> torch.Tensor:
     """Return ``samples`` stochastic outputs of ``model`` at ``x``, shape ``(T, N, ...)``.
 
-    Stacked chunks hold at most ``max_rows`` rows and at most :data:`ACTIVATION_BUDGET` elements in their
-    widest activation (measured on one row); a chunk of one sample is a loop that reuses the prefix. With
-    ``adaptive``, the first stacked chunk and one single-sample forward are timed and the faster way draws
-    the rest (some models, convolutions especially, run slower on large batches than in a loop).
+    Stacked chunks of :func:`samples_per_chunk` samples; a chunk of one sample is a loop that reuses the prefix.
+    Masks come from :class:`_SampleStreams`, seeded from torch's generator, so sample ``t`` is the same whatever
+    the chunking.
     """
     n = x.shape[0]
-    if not vectorize:
-        return torch.stack([model(x) for _ in range(samples)])
-    prefix, rest = _split_sequential(model)
-    h = prefix(x) if prefix is not None else x
-    rows = min(max_rows, ACTIVATION_BUDGET // _widest_activation(rest, h[:1]))
-    per_chunk = max(1, min(samples, rows // max(n, 1)))
-    chunks, done = [], 0
-    while done < samples:
-        t = min(per_chunk, samples - done)
-        start = time.perf_counter()
-        out = rest(_repeat(h, t)) if t > 1 else rest(h)
-        chunks.append(out.reshape(t, n, *out.shape[1:]))
-        stacked = (time.perf_counter() - start) / t
-        done += t
-        if adaptive and t > 1 and done < samples:
-            start = time.perf_counter()
-            chunks.append(rest(h).unsqueeze(0))
-            done += 1
-            if time.perf_counter() - start < stacked:
-                per_chunk = 1
-            adaptive = False
-    return torch.cat(chunks)
+    with _SampleStreams(dkF._seed(None, None), n, samples) as streams:
+        if not vectorize:
+            outputs = []
+            for t in range(samples):
+                with streams.chunk(t, 1):
+                    outputs.append(model(x))
+            return torch.stack(outputs)
+        prefix, rest = _split_sequential(model)
+        h = prefix(x) if prefix is not None else x
+        with streams.chunk(0, 1):  # a one-row probe (it may draw masks: from the streams, its output is dropped)
+            per_chunk = samples_per_chunk(_widest_activation(rest, h[:1]) * n, n, samples, max_rows)
+        first = _plain_dropout(rest)
+        chunks, done = [], 0
+        while done < samples:
+            t = min(per_chunk, samples - done)
+            with streams.chunk(done, t):
+                if first is not None:  # repeat and first dropout fused: the repeat is never materialised
+                    out = rest[1:](streams.repeated_dropout(h, t, first.p))
+                else:
+                    out = rest(_repeat(h, t)) if t > 1 else rest(h)
+            chunks.append(out.reshape(t, n, *out.shape[1:]))
+            done += t
+        return torch.cat(chunks)
 
 
 def predict(
@@ -388,14 +508,27 @@ def predict(
 ) -> MCResult:
     r"""Draw ``samples`` MC-dropout predictions of ``model`` at ``x`` and summarise them.
 
-    The samples are stacked in the batch dimension (``samples × N`` rows per forward, in chunks of at most
-    ``max_rows`` rows whose widest activation stays within :data:`ACTIVATION_BUDGET` elements), the
-    deterministic prefix of a ``Sequential`` runs once, and torch's dropout runs on dropkit's seeded kernels.
+    The samples are stacked in the batch dimension (``t × N`` rows per forward), the deterministic prefix of a
+    ``Sequential`` runs once, and torch's dropout runs on dropkit's seeded kernels.
+
+    How many samples a forward stacks (:func:`samples_per_chunk`) is a fixed rule, not a timing: as many as
+    keep the chunk's widest activation (measured once on a one-row probe, times ``N``) within
+    :data:`ACTIVATION_BUDGET` elements (cache-sized) and its rows within ``max_rows``; one sample per forward,
+    the Python loop with the prefix reused, when a single sample's activations already exceed the budget.
+    Stacking pays when the per-sample work is small (a batch of vectors through Linear layers: bigger matrix
+    products, fewer calls); when one sample alone fills the cache (convolutional feature maps), stacking
+    only moves the activations out of cache, and the loop is as fast or faster. A rule keeps ``seed=`` results
+    independent of the machine's load. And the choice never changes the numbers of dropkit-seeded dropout
+    (torch's dropout layers and functional calls included): sample ``t`` draws the same masks whether it runs
+    alone or stacked (per-site seeds and per-sample element offsets, see :class:`_SampleStreams`), so
+    ``vectorize``, ``max_rows`` and the budget change the speed only. Stochastic layers outside dropkit's mask
+    specs (Gaussian noise, DropPath, torch's fused attention dropout) still draw independent samples, but
+    their values then depend on the grouping.
+
     ``vectorize="auto"`` stacks unless a module in training mode mixes the batch (BatchNorm in training, where
     stacking would change the result) or a layer draws one mask per batch (per-batch DropConnect, where the
-    stacked samples would share it) and, when no ``seed`` is given, times one stacked chunk against one
-    single forward and keeps the faster (a timing-based choice would make seeded samples depend on the
-    machine's speed, so seeded calls always stack); ``False`` runs a Python loop.
+    stacked samples would share it); ``False`` runs a Python loop of whole-model forwards. Calls from several
+    threads run one at a time (the seeding and the models' mode switches are process-wide).
 
     Args:
         model: Any ``nn.Module`` with a stochastic path (see :class:`mc_dropout`).
@@ -436,10 +569,10 @@ def predict(
 
     stack = vectorize is True or (vectorize == "auto" and not _mixes_batch(model))
     rng_scope = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
-    with rng_scope, mc_dropout(model):
+    with _streams_lock, rng_scope, mc_dropout(model):  # one predict at a time: seeding and mode flags are global
         if seed is not None:
             torch.manual_seed(seed)
-        outputs = _draw(model, x, samples, max_rows, stack, adaptive=vectorize == "auto" and seed is None)
+        outputs = _draw(model, x, samples, max_rows, stack)
     if samples > 1 and bool((outputs == outputs[:1]).all()):
         raise RuntimeError(
             f"{op}: all {samples} MC samples are identical: no stochastic path was active in "

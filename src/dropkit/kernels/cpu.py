@@ -16,7 +16,9 @@ Internal: no stability promise. Import is lazy (numba loads on first use).
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 import threading
 
 import numba
@@ -28,7 +30,7 @@ from numba.extending import intrinsic, overload
 
 from .. import rng
 
-__all__ = ["DTYPES", "keep_mask", "masked_affine"]
+__all__ = ["DTYPES", "advise_huge_pages", "keep_mask", "masked_affine", "masked_affine_repeat"]
 
 #: dtypes with a fused kernel; other dtypes use :func:`keep_mask` plus torch ops.
 DTYPES = (torch.float32, torch.float64, torch.bfloat16)
@@ -192,18 +194,24 @@ def _mask_span(out, g0, g1, k0, k1, offset, threshold):  # pragma: no cover
 
 @njit(inline="always")
 def _rows_span(x, out, keep, m0, m1, scale, bias, fill, row):  # pragma: no cover
-    """Rows ``m0 .. m1 - 1`` of ``x`` viewed as ``(M, row)``: row ``m`` kept iff ``keep[m]``."""
+    """Rows ``m0 .. m1 - 1`` of ``x`` viewed as ``(M, row)``: row ``m`` kept iff ``keep[m]``.
+
+    Unsigned indices (no negative-index wrap-around checks) and the ``bias`` test hoisted out of the inner
+    loops: each row is then one unit-stride loop that LLVM vectorises, as fast as a copy.
+    """
+    r = uint64(row)
     for m in range(m0, m1):
-        base = m * row
+        base = uint64(m) * r
         if keep[m]:
-            for j in range(base, base + row):
-                y = _load(x, j) * scale
-                if bias != 0:
-                    y = y + bias
-                _store(out, j, y)
+            if bias == 0:
+                for j in range(r):
+                    _store(out, base + j, _load(x, base + j) * scale)
+            else:
+                for j in range(r):
+                    _store(out, base + j, _load(x, base + j) * scale + bias)
         else:
-            for j in range(base, base + row):
-                _store(out, j, fill)
+            for j in range(r):
+                _store(out, base + j, fill)
 
 
 def _groups(offset: int, n: int) -> tuple[int, int]:
@@ -246,16 +254,57 @@ def _mask_serial(out, g0, g1, k0, k1, offset, threshold):  # pragma: no cover
     _mask_span(out, g0, g1, k0, k1, offset, threshold)
 
 
+@njit(inline="always")
+def _repeat_task(x, out, task, per_copy, k0, k1, offset, threshold, scale, bias, fill):  # pragma: no cover
+    """Task ``task`` of the repeat kernel: a run of groups of copy ``task // per_copy`` (global offset shifted)."""
+    n = x.size
+    copy = task // per_copy
+    base = offset + copy * n  # global index of this copy's first element
+    g0 = base // _GROUP + (task % per_copy) * _GROUPS_PER_TASK
+    g1 = min((base + n - 1) // _GROUP + 1, g0 + _GROUPS_PER_TASK)
+    if g0 < g1:
+        _elementwise_span(x, out[copy * n : (copy + 1) * n], g0, g1, k0, k1, base, threshold, scale, bias, fill)
+
+
 @njit(parallel=True, cache=True)
-def _rows_parallel(x, out, keep, scale, bias, fill, row):  # pragma: no cover
-    m = keep.size
+def _repeat_parallel(x, out, copies, k0, k1, offset, threshold, scale, bias, fill):  # pragma: no cover
+    per_copy = (x.size + _GROUP - 1) // _GROUP // _GROUPS_PER_TASK + 2  # tasks per copy, spare ones for misalignment
+    for task in prange(copies * per_copy):
+        _repeat_task(x, out, task, per_copy, k0, k1, offset, threshold, scale, bias, fill)
+
+
+@njit(cache=True)
+def _repeat_serial(x, out, copies, k0, k1, offset, threshold, scale, bias, fill):  # pragma: no cover
+    per_copy = (x.size + _GROUP - 1) // _GROUP // _GROUPS_PER_TASK + 2
+    for task in range(copies * per_copy):
+        _repeat_task(x, out, task, per_copy, k0, k1, offset, threshold, scale, bias, fill)
+
+
+#: Below this many mask elements the fused rows kernels draw the mask on one thread before the parallel apply:
+#: one parallel region (one wake-up of the pool) instead of two.
+_SERIAL_MASK_BELOW = 1 << 16
+
+
+@njit(parallel=True, cache=True)
+def _rows_parallel(x, out, g0, g1, k0, k1, offset, threshold, scale, bias, fill, row):  # pragma: no cover
+    m = x.size // row
+    keep = np.empty(m, dtype=np.bool_)
+    if m < _SERIAL_MASK_BELOW:
+        _mask_span(keep, g0, g1, k0, k1, offset, threshold)
+    else:
+        tasks = (g1 - g0 + _GROUPS_PER_TASK - 1) // _GROUPS_PER_TASK
+        for t in prange(tasks):
+            start = g0 + t * _GROUPS_PER_TASK
+            _mask_span(keep, start, min(g1, start + _GROUPS_PER_TASK), k0, k1, offset, threshold)
     step = max(1, (_GROUPS_PER_TASK * _GROUP) // row)
     for t in prange((m + step - 1) // step):
         _rows_span(x, out, keep, t * step, min(m, (t + 1) * step), scale, bias, fill, row)
 
 
 @njit(cache=True)
-def _rows_serial(x, out, keep, scale, bias, fill, row):  # pragma: no cover
+def _rows_serial(x, out, g0, g1, k0, k1, offset, threshold, scale, bias, fill, row):  # pragma: no cover
+    keep = np.empty(x.size // row, dtype=np.bool_)
+    _mask_span(keep, g0, g1, k0, k1, offset, threshold)
     _rows_span(x, out, keep, 0, keep.size, scale, bias, fill, row)
 
 
@@ -286,16 +335,17 @@ def _launch(parallel, serial, numel: int, *args) -> None:
     elif numel >= _ONE_THREAD_BELOW:
         parallel(*args)
     else:
-        threads = numba.get_num_threads()
-        numba.set_num_threads(1)
+        threads = _get_threads()
+        _set_threads(1)
         try:
             parallel(*args)
         finally:
-            numba.set_num_threads(threads)
+            _set_threads(threads)
 
 
 def _key(seed: int) -> tuple[np.uint32, np.uint32]:
-    return tuple(np.uint32(half) for half in rng._split_seed(seed))  # type: ignore[return-value]
+    low, high = rng._split_seed(seed)
+    return np.uint32(low), np.uint32(high)
 
 
 def keep_mask(numel: int, seed: int, offset: int, threshold: int) -> torch.Tensor:
@@ -338,9 +388,75 @@ def masked_affine(
         with _LOCK:
             _launch(_elementwise_parallel, _elementwise_serial, x.numel(), *args)
         return
-    keep = keep_mask(x.numel() // row, seed, offset, threshold).numpy()
+    m = x.numel() // row  # mask and apply fused: one compiled call, one parallel region for small masks
+    args = (xs, os_, *_groups(offset, m), *_key(seed), np.int64(offset), np.uint32(threshold), *affine, np.int64(row))
     with _LOCK:
-        _launch(_rows_parallel, _rows_serial, x.numel(), xs, os_, keep, *affine, np.int64(row))
+        _launch(_rows_parallel, _rows_serial, x.numel(), *args)
+
+
+#: Outputs of at least this many bytes get huge pages (see :func:`advise_huge_pages`).
+HUGE_PAGES_FROM = 1 << 22
+_HUGE_PAGE = 1 << 21
+_MADV_HUGEPAGE = 14
+
+
+def _madvise():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        madvise = libc.madvise
+    except (OSError, AttributeError):  # pragma: no cover - no libc symbol
+        return None
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    madvise.restype = ctypes.c_int
+    return madvise
+
+
+_MADVISE = _madvise()
+
+
+def advise_huge_pages(t: torch.Tensor) -> torch.Tensor:
+    """Ask Linux to back the 2 MB-aligned span of a new, large CPU tensor with transparent huge pages; return it.
+
+    torch's CPU allocator maps large buffers afresh (glibc serves anything above 32 MB with ``mmap``), so the
+    first write faults in every 4 KB page: writing 200 MB that way costs about 4x the write itself. With
+    ``madvise(MADV_HUGEPAGE)`` before that first write (what NumPy does for its large arrays, and torch with
+    ``THP_MEM_ALLOC_ENABLE=1``) the kernel faults 2 MB pages instead. A no-op below :data:`HUGE_PAGES_FROM`
+    bytes, off Linux, or where transparent huge pages are disabled; the contents are unaffected.
+    """
+    nbytes = t.numel() * t.element_size()
+    if _MADVISE is None or nbytes < HUGE_PAGES_FROM or t.device.type != "cpu":
+        return t
+    ptr = t.data_ptr()
+    start, end = -(-ptr // _HUGE_PAGE) * _HUGE_PAGE, (ptr + nbytes) // _HUGE_PAGE * _HUGE_PAGE
+    if end > start:
+        _MADVISE(start, end - start, _MADV_HUGEPAGE)  # advice only: failures (EINVAL on old kernels) are ignored
+    return t
+
+
+def masked_affine_repeat(
+    x: torch.Tensor, out: torch.Tensor, seed: int, offset: int, threshold: int, scale: float, bias: float, fill: float
+) -> None:
+    """Write ``copies = out.numel() // x.numel()`` masked copies of contiguous ``x`` into contiguous ``out``.
+
+    Element-wise masks; element ``i`` of copy ``c`` has global index ``offset + c * x.numel() + i``: exactly
+    :func:`masked_affine` of ``x`` repeated ``copies`` times along a new leading dimension, without building
+    the repeat, in one parallel launch.
+    """
+    n = x.numel()
+    if n == 0 or out.numel() == 0:
+        return
+    if x.dtype == torch.bfloat16:
+        xs, os_ = (t.detach().view(torch.int16).numpy().view(np.uint16).reshape(-1) for t in (x, out))
+        real = np.float32
+    else:
+        xs, os_ = x.detach().numpy().reshape(-1), out.detach().numpy().reshape(-1)
+        real = np.float32 if x.dtype == torch.float32 else np.float64
+    args = (xs, os_, np.int64(out.numel() // n), *_key(seed), np.int64(offset), np.uint32(threshold),
+            real(scale), real(bias), real(fill))  # fmt: skip
+    with _LOCK:
+        _launch(_repeat_parallel, _repeat_serial, out.numel(), *args)
 
 
 def _start_quiet_pool() -> None:
@@ -362,6 +478,23 @@ def _start_quiet_pool() -> None:
 
 
 _start_quiet_pool()
+
+
+def _thread_setters():
+    """Return numba's raw thread-count getter and setter, now that its pool runs.
+
+    The public ones re-check the pool under a process lock on every call: microseconds that count on small
+    inputs. Falls back to the public ones if numba's internals change.
+    """
+    from numba.np.ufunc import parallel
+
+    get, set_ = getattr(parallel, "_get_num_threads", None), getattr(parallel, "_set_num_threads", None)
+    if callable(get) and callable(set_) and get() == numba.get_num_threads():
+        return get, set_
+    return numba.get_num_threads, numba.set_num_threads
+
+
+_get_threads, _set_threads = _thread_setters()
 
 
 def threads() -> int:
