@@ -357,3 +357,14 @@ def test_predict_fused_first_dropout_is_the_same_on_every_backend():
     with kernels.use_backend("reference"):  # per-copy kernel calls instead of the one repeat kernel
         ref = mc.predict(model, x, samples=9, seed=4, task="regression", keep_samples=True).samples
     assert torch.equal(fast, ref)
+
+
+def test_predict_loops_when_a_layer_is_tied_to_the_batch_size():
+    # Keras-style noise_shape with the batch written out cannot be stacked: predict falls back to the loop
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(10, 10), dnn.Dropout(0.5, noise_shape=(4, 1, 10)), nn.Linear(10, 2))
+    x = torch.randn(4, 3, 10)
+    stacked = mc.predict(net, x, samples=6, seed=1, keep_samples=True)
+    loop = mc.predict(net, x, samples=6, seed=1, keep_samples=True, vectorize=False)
+    assert torch.equal(stacked.samples, loop.samples)
+    assert not torch.equal(stacked.samples[0], stacked.samples[1])

@@ -113,6 +113,8 @@ _threshold._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 _seed_override = None  # set by dropkit.consistent.frozen_masks: a callable giving the seed of the current site
+# set by dropkit.mc.predict: input -> (seed, Shard) placing this mask in the stream of MC samples, or None
+_sample_hook = None
 
 
 def _seed(seed: int | None, generator: torch.Generator | None) -> int:
@@ -142,8 +144,12 @@ def _spec(
         threshold, traced_p = -1, p  # p may be symbolic (a schedule changes it): the host op derives the threshold
     else:
         threshold, traced_p = _threshold(p), None
+    draw = None
+    if seed is None and _sample_hook is not None and not isinstance(generator, rng.DeviceGenerator):
+        draw = _sample_hook(input)  # MC samples stacked in the batch: this chunk's rows of one (seed, tensor)
     shards: dict[int, tuple[int, int, int]] = {}
-    for part in rng.current_shards():  # global element indices of a shard (dropkit.rng.shard); inner wins per dim
+    parts = rng.current_shards() + ((draw[1],) if draw is not None else ())
+    for part in parts:  # global element indices of a shard (dropkit.rng.shard); inner wins per dim
         dim = _validate.shard_fits("shard", tuple(input.shape), part.dim, part.start, part.size)
         shards[dim] = (dim, part.start, part.size)
     shard = tuple(shards[d] for d in sorted(shards)) or None
@@ -155,7 +161,8 @@ def _spec(
         state = generator.draw(math.prod(shape))
         state = state.to(input.device)
         return MaskSpec(0, 0, threshold, scale, bias, fill, mask_dims, state=state, shard=shard, p=traced_p)
-    return MaskSpec(_seed(seed, generator), 0, threshold, scale, bias, fill, mask_dims, shard=shard, p=traced_p)
+    seed = draw[0] if draw is not None else _seed(seed, generator)
+    return MaskSpec(seed, 0, threshold, scale, bias, fill, mask_dims, shard=shard, p=traced_p)
 
 
 def _checked(

@@ -24,7 +24,6 @@ import dataclasses
 import functools
 import inspect
 import math
-import sys
 import threading
 from dataclasses import dataclass
 
@@ -341,7 +340,6 @@ def _mix(*words: int) -> int:
     return z
 
 
-_SPEC_CODE = dkF._spec.__code__
 _streams_lock = threading.RLock()  # predict from several threads: one at a time (the hooks are process-wide)
 
 
@@ -364,24 +362,19 @@ class _SampleStreams:
 
     def __init__(self, seed: int, rows: int, samples: int) -> None:
         self.seed, self.rows, self.samples = seed, rows, samples
-        self.t0, self.t, self.site, self.aligned = 0, 1, 0, False
+        self.t0, self.t, self.site = 0, 1, 0
 
-    def _shards(self) -> tuple[rng.Shard, ...]:
-        shards = _current_shards()
-        caller = sys._getframe(1)
-        self.aligned = False
-        if caller.f_code is _SPEC_CODE and not shards:
-            x = caller.f_locals.get("input")
-            if isinstance(x, torch.Tensor) and x.dim() > 0 and x.shape[0] == self.t * self.rows:
-                self.aligned = True
-                return (rng.Shard(0, self.t0 * self.rows, self.samples * self.rows),)
-        return shards
+    def _draw(self, x: torch.Tensor) -> tuple[int, rng.Shard] | None:
+        """The (seed, shard) of a mask spec whose input holds the chunk's stacked rows (``functional._spec``)."""
+        if rng.current_shards() or x.dim() == 0 or x.shape[0] != self.t * self.rows:
+            return None  # not aligned: :meth:`_seed` gives this site a chunk-dependent seed
+        site, self.site = self.site, self.site + 1
+        return _mix(self.seed, site), rng.Shard(0, self.t0 * self.rows, self.samples * self.rows)
 
     def _seed(self) -> int:
+        """The seed of any other draw (``functional._seed``): independent across sites and chunks."""
         site, self.site = self.site, self.site + 1
-        aligned = self.aligned and sys._getframe(2).f_code is _SPEC_CODE
-        self.aligned = False
-        return _mix(self.seed, site) if aligned else _mix(self.seed, site, self.t0 + 1)
+        return _mix(self.seed, site, self.t0 + 1)
 
     def repeated_dropout(self, h: torch.Tensor, t: int, p: float) -> torch.Tensor:
         """``dropout(h repeated t times in dim 0, p)`` as the first draw of a chunk, without building the repeat.
@@ -408,21 +401,18 @@ class _SampleStreams:
 
     @contextlib.contextmanager
     def chunk(self, t0: int, t: int):
-        self.t0, self.t, self.site, self.aligned = t0, t, 0, False
+        self.t0, self.t, self.site = t0, t, 0
         yield
 
     def __enter__(self) -> _SampleStreams:
         _streams_lock.acquire()
-        self._saved = dkF._seed_override, rng.current_shards
-        dkF._seed_override, rng.current_shards = self._seed, self._shards
+        self._saved = dkF._seed_override, dkF._sample_hook
+        dkF._seed_override, dkF._sample_hook = self._seed, self._draw
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        dkF._seed_override, rng.current_shards = self._saved
+        dkF._seed_override, dkF._sample_hook = self._saved
         _streams_lock.release()
-
-
-_current_shards = rng.current_shards
 
 
 def _widest_activation(module: nn.Module, row: torch.Tensor) -> int:
@@ -478,8 +468,11 @@ def _draw(model: nn.Module, x: torch.Tensor, samples: int, max_rows: int, vector
             return torch.stack(outputs)
         prefix, rest = _split_sequential(model)
         h = prefix(x) if prefix is not None else x
-        with streams.chunk(0, 1):  # a one-row probe (it may draw masks: from the streams, its output is dropped)
-            per_chunk = samples_per_chunk(_widest_activation(rest, h[:1]) * n, n, samples, max_rows)
+        try:
+            with streams.chunk(0, 1):  # a one-row probe (it may draw masks: from the streams, its output is dropped)
+                per_chunk = samples_per_chunk(_widest_activation(rest, h[:1]) * n, n, samples, max_rows)
+        except (RuntimeError, ValueError):  # a layer tied to the batch size (noise_shape=(N, ...), x.view(N, ...))
+            per_chunk = 1  # the loop: every forward sees the caller's batch
         first = _plain_dropout(rest)
         chunks, done = [], 0
         while done < samples:
