@@ -73,11 +73,14 @@ class _DropIn(_SeededMixin):
         self.mode = mode
         self._setup_rng(seed, generator)
 
+    def _options(self) -> dict:
+        """Keyword arguments of the functional call beyond ``(p, training, inplace, generator)``."""
+        return {"mode": self.mode} if len(self._modes) > 1 else {}
+
     def forward(self, input: torch.Tensor, *, training: bool | None = None) -> torch.Tensor:
         """Apply dropout in training mode or with ``training=True`` (Keras' call argument); else eval behaviour."""
-        extra = {"mode": self.mode} if len(self._modes) > 1 else {}
         training = self.training if training is None else training
-        return self._functional(input, self.p, training, self.inplace, generator=self.generator, **extra)
+        return self._functional(input, self.p, training, self.inplace, generator=self.generator, **self._options())
 
     def extra_repr(self) -> str:
         return f"p={self.p}, inplace={self.inplace}" + self._extras()
@@ -122,13 +125,8 @@ class Dropout(_DropIn, nn.Dropout):
         super().__init__(p, inplace, mode=mode, keep=keep, seed=seed, generator=generator)
         self.noise_shape = _validate.noise_shape_arg("Dropout", noise_shape)
 
-    def forward(self, input: torch.Tensor, *, training: bool | None = None) -> torch.Tensor:
-        """Apply dropout in training mode or with ``training=True`` (Keras' call argument); else eval behaviour."""
-        training = self.training if training is None else training
-        return F.dropout(
-            input, self.p, training, self.inplace, mode=self.mode, noise_shape=self.noise_shape,
-            generator=self.generator,
-        )  # fmt: skip
+    def _options(self) -> dict:
+        return {**super()._options(), "noise_shape": self.noise_shape}
 
     def extra_repr(self) -> str:
         """Describe the hyperparameters, as torch's ``Dropout`` does (plus dropkit's extras)."""
