@@ -250,8 +250,9 @@ class _VariationalRNN:
         z_c = _validate.rate(name, "zoneout_c", getattr(self, "zoneout_c", 0.0))
         return (z_h, z_c) if z_h or z_c else ()  # type: ignore[return-value]
 
-    def _dropout_repr(self) -> str:
-        s = ""
+    def extra_repr(self) -> str:
+        """Describe the hyperparameters: torch's, then the dropout rates that are set."""
+        s = super().extra_repr()  # type: ignore[misc]  # torch's RNN repr (next in the MRO of LSTM / GRU)
         if self.recurrent_dropout:
             s += f", recurrent_dropout={self.recurrent_dropout}"
         if self.output_dropout:
@@ -541,10 +542,6 @@ class LSTM(_VariationalRNN, nn.LSTM):
         )
         self._setup(dropout, recurrent_dropout, output_dropout, mode, seed, generator, zoneout_h, zoneout_c)
 
-    def extra_repr(self) -> str:
-        """Describe the hyperparameters: torch's, then the dropout rates that are set."""
-        return super().extra_repr() + self._dropout_repr()
-
 
 class GRU(_VariationalRNN, nn.GRU):
     r"""``torch.nn.GRU`` with variational (Gal & Ghahramani) input, recurrent and output dropout.
@@ -637,10 +634,6 @@ class GRU(_VariationalRNN, nn.GRU):
             dtype=dtype,
         )
         self._setup(dropout, recurrent_dropout, output_dropout, mode, seed, generator, zoneout_h)
-
-    def extra_repr(self) -> str:
-        """Describe the hyperparameters: torch's, then the dropout rates that are set."""
-        return super().extra_repr() + self._dropout_repr()
 
 
 class ZoneoutLSTMCell(nn.LSTMCell):
