@@ -62,3 +62,12 @@ def test_mean_se_and_the_within_one_se_rule():
     # a published "0.08 ± 0.00" is rounded to 2 decimals: anything within 0.005 agrees, 0.006 away does not
     assert uci_gal.within_one_se((0.077, 0.001), (0.08, 0.0))
     assert not uci_gal.within_one_se((0.074, 0.001), (0.08, 0.0))
+
+
+def test_first_split_runs_give_the_same_per_split_results_as_one_run(tmp_path):
+    folder = str(_folder(tmp_path / "toy", splits=3))
+    whole = uci_gal.main([folder, "--quick", "--splits", "3", "--split-batch", "1"])["results"][0]["per_split"]
+    tail = uci_gal.main([folder, "--quick", "--first-split", "1", "--split-batch", "1"])["results"][0]
+    assert tail["splits_run"] == 2 and [s["split"] for s in tail["per_split"]] == [1, 2]
+    for mine, ref in zip(tail["per_split"], whole[1:], strict=True):
+        assert {k: v for k, v in mine.items() if k != "seconds"} == {k: v for k, v in ref.items() if k != "seconds"}
