@@ -368,3 +368,116 @@ def test_predict_loops_when_a_layer_is_tied_to_the_batch_size():
     loop = mc.predict(net, x, samples=6, seed=1, keep_samples=True, vectorize=False)
     assert torch.equal(stacked.samples, loop.samples)
     assert not torch.equal(stacked.samples[0], stacked.samples[1])
+
+
+# ---- predict: deterministic layers run once, whatever the forward (_Memo) ---------------------------------------
+
+
+class _Counted(nn.Conv2d):
+    """A Conv2d that counts its computations (``_conv_forward`` runs only when the layer really computes)."""
+
+    calls = 0
+
+    def _conv_forward(self, x, weight, bias):
+        type(self).calls += 1
+        return super()._conv_forward(x, weight, bias)
+
+
+class _CustomCNN(nn.Module):
+    """conv-relu-Dropout2d-conv with a custom forward (no Sequential prefix); ``inplace`` edits the conv's output."""
+
+    def __init__(self, inplace: bool = False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = _Counted(1, 4, 3, padding=1)
+        self.drop = nn.Dropout2d(0.5)
+        self.conv2 = nn.Conv2d(4, 3, 3, padding=1)
+        self.inplace = inplace
+
+    def forward(self, x):
+        h = self.conv1(x)
+        h = torch.relu_(h) if self.inplace else torch.relu(h)
+        return self.conv2(self.drop(h)).mean((2, 3))
+
+
+class _Backbone(nn.Module):
+    """torchvision's layout: a pure ``features`` Sequential, pooling, flatten, then a dropout head."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = nn.Sequential(_Counted(1, 8, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2))
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.head = nn.Sequential(nn.Dropout(0.5), nn.Linear(32, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 3))
+
+    def forward(self, x):
+        return self.head(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def _samples(model, x, monkeypatch=None, **kwargs):
+    _Counted.calls = 0
+    out = mc.predict(model, x, samples=12, seed=3, task="regression", keep_samples=True, **kwargs).samples
+    return out, _Counted.calls
+
+
+def _unmemoised(model, x, monkeypatch, **kwargs):
+    with monkeypatch.context() as m:
+        m.setattr(mc, "_outermost_pure", lambda module: [])
+        return _samples(model, x, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [{"max_rows": 6}, {"vectorize": False}])  # one sample per forward
+def test_predict_computes_the_layers_before_the_first_dropout_once(monkeypatch, kwargs):
+    model, x = _CustomCNN().eval(), torch.randn(6, 1, 8, 8)
+    got, calls = _samples(model, x, **kwargs)
+    ref, ref_calls = _unmemoised(model, x, monkeypatch, **kwargs)
+    assert torch.equal(got, ref)  # bit for bit the plain forward
+    assert ref_calls >= 12 and calls == ref_calls - 11  # 12 samples, conv1 computed once (plus the probe, if any)
+    assert not torch.equal(got[0], got[1])
+
+
+def test_predict_memo_notices_in_place_changes(monkeypatch):
+    model, x = _CustomCNN(inplace=True).eval(), torch.randn(6, 1, 8, 8)  # relu_ rewrites conv1's output each time
+    got, calls = _samples(model, x, vectorize=False)
+    ref, ref_calls = _unmemoised(model, x, monkeypatch, vectorize=False)
+    assert torch.equal(got, ref) and calls == ref_calls == 12  # the changed output is never reused
+
+
+def test_predict_stacked_chunks_reuse_a_pure_backbone(monkeypatch):
+    model, x = _Backbone().eval(), torch.randn(4, 1, 8, 8)
+    got, calls = _samples(model, x, max_rows=16)  # chunks of 4 samples: 3 stacked forwards
+    ref, ref_calls = _unmemoised(model, x, monkeypatch, max_rows=16)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)  # a conv on 4 rows vs 16: rounding only
+    assert calls == 2 and ref_calls == 4  # memo: the probe + once; plain: the probe + once per chunk
+    assert "forward" not in model.features.__dict__  # the layers are left as they were
+
+
+def test_memo_widest_activation_leaves_out_the_backbone():
+    model = _Backbone().eval()
+    with mc.mc_dropout(model):
+        widest = mc._widest_activation(model, torch.randn(1, 1, 8, 8))
+    assert widest == 128  # the backbone's output (8x4x4, repeated per chunk), not its 8x8x8 feature map inside
+
+
+def test_pure_layers_are_listed_torch_layers_only():
+    class Noise(nn.Module):  # a custom forward may draw random numbers: never memoised
+        def forward(self, x):
+            return x + torch.randn_like(x)
+
+    assert mc._pure(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2)))
+    assert not mc._pure(nn.Sequential(nn.Linear(2, 2), Noise()))
+    assert not mc._pure(nn.BatchNorm1d(3).train()) and mc._pure(nn.BatchNorm1d(3).eval())
+    assert not mc._pure(nn.Embedding(5, 2, max_norm=1.0)) and mc._pure(nn.Embedding(5, 2))
+    assert not mc._pure(nn.RReLU()) and not mc._pure(nn.Dropout(0.1))
+    model = nn.Sequential(nn.Linear(3, 3), Noise(), nn.Dropout(0.5), nn.Sequential(nn.Linear(3, 3), nn.ReLU()))
+    assert mc._outermost_pure(model) == [model[0], model[3]]
+
+
+def test_predict_memo_restores_forward_after_an_error_and_is_off_in_inference_mode(monkeypatch):
+    model, x = _CustomCNN().eval(), torch.randn(6, 1, 8, 8)
+    with pytest.raises(RuntimeError):
+        mc.predict(model, torch.randn(6, 2, 8, 8), samples=3)  # wrong channel count
+    assert "forward" not in model.conv1.__dict__ and "forward" not in model.conv2.__dict__
+    with torch.inference_mode():
+        got, calls = _samples(model, x, vectorize=False)
+    assert calls == 12 and torch.equal(got, _samples(model, x, vectorize=False)[0])

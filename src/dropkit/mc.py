@@ -13,8 +13,8 @@ them at test time and averaging (or voting) approximates the predictive distribu
 dropkit's, DropPath / StochasticDepth / DropBlock / DropConnect by class), functional dropout called with
 ``training=self.training``, and attention modules that gate their dropout on ``self.training`` — while
 BatchNorm and everything else stay in eval. :func:`predict` draws the samples fast (stacked in the batch
-dimension, the deterministic prefix of a ``Sequential`` computed once, torch's dropout routed to dropkit's
-seeded kernels) and summarises them in an :class:`MCResult`.
+dimension, the deterministic layers before the first dropout computed once, in a ``Sequential`` or a custom
+``forward``, torch's dropout routed to dropkit's seeded kernels) and summarises them in an :class:`MCResult`.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import functools
 import inspect
 import math
 import threading
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -415,20 +416,134 @@ class _SampleStreams:
         _streams_lock.release()
 
 
+#: torch.nn modules whose forward is a pure function of its tensor arguments, parameters and buffers (the norms
+#: in eval mode): :class:`_Memo` may reuse their outputs. Random ones (RReLU, FractionalMaxPool) are not here.
+_PURE_MODULE_NAMES = (
+    "Identity Flatten Unflatten Linear Bilinear Conv1d Conv2d Conv3d ConvTranspose1d ConvTranspose2d ConvTranspose3d "
+    "BatchNorm1d BatchNorm2d BatchNorm3d SyncBatchNorm InstanceNorm1d InstanceNorm2d InstanceNorm3d LayerNorm "
+    "GroupNorm RMSNorm LocalResponseNorm ReLU ReLU6 LeakyReLU PReLU ELU SELU CELU GELU SiLU Mish Sigmoid Tanh "
+    "Hardtanh Hardswish Hardsigmoid Softplus Softsign Tanhshrink Softshrink Hardshrink Threshold LogSigmoid GLU "
+    "Softmax Softmin LogSoftmax Softmax2d MaxPool1d MaxPool2d MaxPool3d AvgPool1d AvgPool2d AvgPool3d "
+    "AdaptiveAvgPool1d AdaptiveAvgPool2d AdaptiveAvgPool3d AdaptiveMaxPool1d AdaptiveMaxPool2d AdaptiveMaxPool3d "
+    "LPPool1d LPPool2d Upsample UpsamplingNearest2d UpsamplingBilinear2d PixelShuffle PixelUnshuffle ChannelShuffle "
+    "ZeroPad1d ZeroPad2d ZeroPad3d ConstantPad1d ConstantPad2d ConstantPad3d ReflectionPad1d ReflectionPad2d "
+    "ReflectionPad3d ReplicationPad1d ReplicationPad2d ReplicationPad3d CircularPad1d CircularPad2d CircularPad3d "
+    "Embedding"
+).split()
+_PURE_FORWARDS = frozenset(getattr(nn, name).forward for name in _PURE_MODULE_NAMES if hasattr(nn, name))
+
+
+def _pure(module: nn.Module) -> bool:
+    """Whether ``module`` computes a pure function of its inputs, with no side effect.
+
+    True for a listed torch layer that keeps its class's ``forward`` (norms in eval mode, ``Embedding`` without
+    ``max_norm``) and for a ``Sequential`` of such layers; false for any custom ``forward``, which may draw noise.
+    """
+    forward = type(module).forward
+    if forward is nn.Sequential.forward:
+        return all(_pure(child) for child in module)
+    if forward not in _PURE_FORWARDS:
+        return False
+    if isinstance(module, nn.modules.batchnorm._NormBase) and module.training:  # batch statistics, running stats
+        return False
+    return getattr(module, "max_norm", None) is None  # Embedding(max_norm=...) renormalises its weight in place
+
+
+def _outermost_pure(module: nn.Module) -> list[nn.Module]:
+    """The pure submodules of ``module`` that no pure module contains."""
+    if _pure(module):
+        return [module]
+    return [m for child in module.children() for m in _outermost_pure(child)]
+
+
+class _Memo:
+    r"""The deterministic part of a model runs once across the samples of :func:`predict`, whatever its forward.
+
+    The generalisation of the ``Sequential`` prefix to custom ``forward`` code. A tensor is *stable* if it
+    equals :math:`\mathrm{repeat}(b, t)` (``t`` copies of a base ``b`` stacked in dimension 0) where ``b`` is the
+    sampled input ``h`` or an output this memo computed, and both still hold the values they had then (their
+    ``_version`` counters, bumped by every in-place op, are unchanged). An outermost :func:`_pure` submodule
+    called with stable positional tensors of one ``t`` computes :math:`f(b)` once per base, then returns it
+    (``t = 1``, the loop) or :math:`\mathrm{repeat}(f(b), t) = f(\mathrm{repeat}(b, t))` (a stacked chunk: the
+    layers treat rows independently, as :func:`predict` requires). Any other call runs as usual. Outputs are bit
+    for bit those of the plain forward for the loop; stacked chunks get the base's values repeated.
+
+    The memo holds the stable bases (the deterministic prefix's outputs, ``N`` rows each), strongly, and the
+    repeated tensors weakly (they live as long as the chunk's forward uses them).
+    """
+
+    def __init__(self, model: nn.Module, h: torch.Tensor) -> None:
+        self.off = torch.is_inference_mode_enabled() or h.is_inference()  # no _version counters there: no memo
+        self.modules = [] if self.off else [m for m in _outermost_pure(model) if "forward" not in m.__dict__]
+        self.stable: dict[int, tuple[weakref.ref, int, torch.Tensor, int]] = {}
+        self.entries: dict[tuple[int, ...], torch.Tensor] = {}
+        self.inside = 0  #: > 0 while a memoised layer computes on its bases
+        self.add(h, h, 1)
+
+    def add(self, tensor: torch.Tensor, base: torch.Tensor, times: int) -> torch.Tensor:
+        """Record that ``tensor`` equals ``base`` repeated ``times`` times in dimension 0 (``base`` stable)."""
+        if not self.off:
+            self.stable[id(tensor)] = (weakref.ref(tensor), tensor._version, base, times)
+        return tensor
+
+    def _lookup(self, tensor: object) -> tuple[torch.Tensor, int] | None:
+        held = self.stable.get(id(tensor))
+        if held is None or held[0]() is not tensor or tensor._version != held[1]:  # type: ignore[union-attr]
+            return None
+        base = held[2]
+        if base is not tensor and self._lookup(base) is None:  # the base was changed in place
+            return None
+        return base, held[3]
+
+    def _call(self, module: nn.Module, forward, *args, **kwargs):
+        found = [self._lookup(arg) for arg in args] if args and not kwargs else [None]
+        if any(f is None for f in found) or len({times for _, times in found}) != 1:  # type: ignore[misc]
+            return forward(*args, **kwargs)
+        bases, times = [base for base, _ in found], found[0][1]  # type: ignore[index]
+        key = (id(module), *map(id, bases))
+        out = self.entries.get(key)
+        if out is None or self._lookup(out) is None:
+            self.inside += 1
+            try:
+                out = forward(*bases)
+            finally:
+                self.inside -= 1
+            if not isinstance(out, torch.Tensor):
+                return forward(*args) if times > 1 else out
+            self.entries[key] = self.add(out, out, 1)
+        return out if times == 1 else self.add(_repeat(out, times), out, times)
+
+    def __enter__(self) -> _Memo:
+        for m in self.modules:
+            m.forward = functools.partial(self._call, m, m.forward)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for m in self.modules:
+            del m.forward
+        self.stable.clear()
+        self.entries.clear()
+
+
 def _widest_activation(module: nn.Module, row: torch.Tensor) -> int:
-    """Elements of the largest tensor any submodule outputs for a batch of one row."""
+    """Elements of the largest tensor a submodule outputs for a batch of one row.
+
+    Under :class:`_Memo`: the activations inside the deterministic layers it computes once are left out (a stacked
+    chunk never makes them); their outputs, repeated per chunk, count.
+    """
     sizes = [row.numel()]
+    with _Memo(module, row) as memo:
 
-    def record(_module: nn.Module, _inputs: object, output: object) -> None:
-        if isinstance(output, torch.Tensor):
-            sizes.append(output.numel())
+        def record(_module: nn.Module, _inputs: object, output: object) -> None:
+            if isinstance(output, torch.Tensor) and not memo.inside:
+                sizes.append(output.numel())
 
-    hooks = [m.register_forward_hook(record) for m in module.modules()]
-    try:
-        module(row)
-    finally:
-        for hook in hooks:
-            hook.remove()
+        hooks = [m.register_forward_hook(record) for m in module.modules()]
+        try:
+            module(row)
+        finally:
+            for hook in hooks:
+                hook.remove()
     return max(sizes)
 
 
@@ -462,9 +577,10 @@ def _draw(model: nn.Module, x: torch.Tensor, samples: int, max_rows: int, vector
     with _SampleStreams(dkF._seed(None, None), n, samples) as streams:
         if not vectorize:
             outputs = []
-            for t in range(samples):
-                with streams.chunk(t, 1):
-                    outputs.append(model(x))
+            with _Memo(model, x):
+                for t in range(samples):
+                    with streams.chunk(t, 1):
+                        outputs.append(model(x))
             return torch.stack(outputs)
         prefix, rest = _split_sequential(model)
         h = prefix(x) if prefix is not None else x
@@ -475,15 +591,16 @@ def _draw(model: nn.Module, x: torch.Tensor, samples: int, max_rows: int, vector
             per_chunk = 1  # the loop: every forward sees the caller's batch
         first = _plain_dropout(rest)
         chunks, done = [], 0
-        while done < samples:
-            t = min(per_chunk, samples - done)
-            with streams.chunk(done, t):
-                if first is not None:  # repeat and first dropout fused: the repeat is never materialised
-                    out = rest[1:](streams.repeated_dropout(h, t, first.p))
-                else:
-                    out = rest(_repeat(h, t)) if t > 1 else rest(h)
-            chunks.append(out.reshape(t, n, *out.shape[1:]))
-            done += t
+        with _Memo(rest, h) as memo:  # deterministic layers on h run once, for all chunks
+            while done < samples:
+                t = min(per_chunk, samples - done)
+                with streams.chunk(done, t):
+                    if first is not None:  # repeat and first dropout fused: the repeat is never materialised
+                        out = rest[1:](streams.repeated_dropout(h, t, first.p))
+                    else:
+                        out = rest(memo.add(_repeat(h, t), h, t) if t > 1 else h)
+                chunks.append(out.reshape(t, n, *out.shape[1:]))
+                done += t
         return torch.cat(chunks)
 
 
@@ -501,8 +618,10 @@ def predict(
 ) -> MCResult:
     r"""Draw ``samples`` MC-dropout predictions of ``model`` at ``x`` and summarise them.
 
-    The samples are stacked in the batch dimension (``t × N`` rows per forward), the deterministic prefix of a
-    ``Sequential`` runs once, and torch's dropout runs on dropkit's seeded kernels.
+    The samples are stacked in the batch dimension (``t × N`` rows per forward), the deterministic part before
+    the first dropout runs once (the prefix of a ``Sequential``; in a custom ``forward``, every torch layer that
+    sees only the input or such layers' outputs: :class:`_Memo`), and torch's dropout runs on dropkit's seeded
+    kernels.
 
     How many samples a forward stacks (:func:`samples_per_chunk`) is a fixed rule, not a timing: as many as
     keep the chunk's widest activation (measured once on a one-row probe, times ``N``) within
@@ -520,7 +639,8 @@ def predict(
 
     ``vectorize="auto"`` stacks unless a module in training mode mixes the batch (BatchNorm in training, where
     stacking would change the result) or a layer draws one mask per batch (per-batch DropConnect, where the
-    stacked samples would share it); ``False`` runs a Python loop of whole-model forwards. Calls from several
+    stacked samples would share it); ``False`` runs a Python loop of whole-model forwards (deterministic torch
+    layers on the input still computed once, bit for bit the plain forward's outputs). Calls from several
     threads run one at a time (the seeding and the models' mode switches are process-wide).
 
     Args:
