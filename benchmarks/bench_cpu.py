@@ -101,6 +101,7 @@ class Timing:
     times: dict[str, list[float]]
     iters: dict[str, int]
     errors: dict[str, str] = field(default_factory=dict)
+    faults: dict[str, list[float]] = field(default_factory=dict)  #: per-round minor page faults per call, if counted
 
     def median(self, name: str) -> float | None:
         """Return the median seconds per call of ``name`` (``None`` if it failed)."""

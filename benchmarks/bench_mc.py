@@ -34,13 +34,22 @@ How it times (shared, sometimes throttled machines): the house style of ``bench_
 warmed up first, then the contenders of a case run interleaved in rounds, each round running every contender once
 in the same order. A sample loops enough calls to last at least ``--min-sample-ms`` (20 ms by default; the MC
 calls here take far longer, so one call per sample). Reported: the median time per contender and the MEDIAN OF
-PER-ROUND RATIOS, with each ratio's spread (max - min over rounds, relative to its median).
+PER-ROUND RATIOS, with each ratio's spread (max - min over rounds, relative to its median), and each contender's
+minor page faults per call.
+
+Page faults matter here. glibc returns freed blocks of a few MB to the kernel (trimming the heap top, unmapping
+mmapped blocks), so the next forward's activations are faulted in afresh, one 4 KB page at a time: on the 2-CPU
+machine that made up about two thirds of the conv net's time, and how much of it a contender pays depends on the
+heap layout its allocation order leaves, not on its own work. ``--steady-heap`` re-runs the script with
+``GLIBC_TUNABLES`` that keep freed memory (:data:`STEADY_HEAP`, what jemalloc or tcmalloc do by default), which
+takes that noise out of the comparison for every contender alike.
 
 Run::
 
     .venv/bin/python benchmarks/bench_mc.py                     # full run, 7 rounds (a few minutes)
     .venv/bin/python benchmarks/bench_mc.py --quick             # smoke run: T=5, 2 rounds, small batches
     .venv/bin/python benchmarks/bench_mc.py --rounds 9 --out section.md --json raw.json
+    .venv/bin/python benchmarks/bench_mc.py --steady-heap       # glibc keeps freed memory: no page-fault churn
 
 ``--out`` writes the tables as a Markdown section (to paste into ``benchmarks/RESULTS.md``); ``--json`` dumps the
 raw per-round numbers. A contender that raises is reported as an error, not fatal.
@@ -101,6 +110,9 @@ A_RATIOS: tuple[tuple[str, str, tuple[str, float] | None], ...] = (
     ("stacked-torch", "dropkit", None),
     ("loop", "floor", None),
 )
+#: ``--steady-heap``: glibc keeps freed memory (every block below 32 MB from the heap, no trimming below 512 MB)
+#: instead of unmapping it and faulting it in again on the next forward (what jemalloc or tcmalloc also give).
+STEADY_HEAP = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=536870912"
 B_TARGET = 1.0  #: loop/dropkit of every case-B model should not fall below this (within noise).
 B_TOLERANCE = 0.05  #: a median loop/dropkit in [1 - this, 1) whose per-round range reaches 1 counts as noise.
 
@@ -131,18 +143,28 @@ class Config:
 # ---------------------------------------------------------------------------------------------- timing
 
 
-def _sample(fn: Callable[[], object], iters: int) -> float:
-    start = time.perf_counter()
+def _minor_faults() -> int:
+    """Minor page faults of this process so far (first touches of freshly mapped memory); 0 where unknown."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Unix
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def _sample(fn: Callable[[], object], iters: int) -> tuple[float, float]:
+    """Seconds and minor page faults per call over ``iters`` calls."""
+    faults, start = _minor_faults(), time.perf_counter()
     for _ in range(iters):
         fn()
-    return (time.perf_counter() - start) / iters
+    return (time.perf_counter() - start) / iters, (_minor_faults() - faults) / iters
 
 
 def interleaved(fns: dict[str, Callable[[], object]], cfg: Config) -> Timing:
     """Warm every contender up, then time them in ``cfg.rounds`` rounds, each running all of them in order.
 
     Like ``bench_cpu.interleaved``, but the calls here take up to seconds: the last warm-up call (not two extra
-    calls) sizes the samples.
+    calls) sizes the samples. Also counts each call's minor page faults (``Timing.faults``).
     """
     errors: dict[str, str] = {}
     live: dict[str, Callable[[], object]] = {}
@@ -151,24 +173,32 @@ def interleaved(fns: dict[str, Callable[[], object]], cfg: Config) -> Timing:
         try:
             for _ in range(max(0, cfg.warmup - 1)):
                 fn()
-            once = _sample(fn, 1)
+            once, _ = _sample(fn, 1)
         except Exception as exc:  # a broken contender is reported, the others still run
             errors[name] = _first_line(exc)
         else:
             live[name] = fn
             iters[name] = max(1, min(100_000, math.ceil(cfg.min_sample_s / max(once, 1e-9))))
     times: dict[str, list[float]] = {name: [] for name in live}
+    faults: dict[str, list[float]] = {name: [] for name in live}
     gc.collect()
     gc_enabled = gc.isenabled()
     gc.disable()
     try:
         for _ in range(cfg.rounds):
             for name, fn in live.items():
-                times[name].append(_sample(fn, iters[name]))
+                seconds, fault_count = _sample(fn, iters[name])
+                times[name].append(seconds)
+                faults[name].append(fault_count)
     finally:
         if gc_enabled:
             gc.enable()
-    return Timing(times, iters, errors)
+    return Timing(times, iters, errors, faults)
+
+
+def _faults(t: Timing, name: str) -> str:
+    """Median minor page faults per call of ``name``, in thousands."""
+    return f"{statistics.median(t.faults[name]) / 1e3:.1f}k" if t.faults.get(name) else "n/a"
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -390,10 +420,11 @@ def reference_tables(ref: dict[str, Any]) -> list[Table]:
     rows = []
     for name in A_CONTENDERS:
         vs = t.ratio(name, "dropkit")
-        rows.append([name, _ms(t.median(name)), _x(vs), _range(vs), _spread(vs)])
+        rows.append([name, _ms(t.median(name)), _x(vs), _range(vs), _spread(vs), _faults(t, name)])
     shape = "x".join(map(str, ref["input"]))
     title = f"A. MC-dropout inference: {ref['model']}, input {shape}, T={ref['samples']}, fp32"
-    timing_table = Table(title, ["contender", "ms per call", "vs dropkit", "per-round range", "spread"], rows)
+    header = ["contender", "ms per call", "vs dropkit", "per-round range", "spread", "page faults per call"]
+    timing_table = Table(title, header, rows)
 
     rows = []
     for num, den, target in A_RATIOS:
@@ -413,10 +444,11 @@ def fallback_table(results: list[dict[str, Any]]) -> Table:
         stacked = _ms(t.median("stacked-torch")) if "stacked-torch" in t.times or "stacked-torch" in t.errors else "n/a"
         rows.append(
             [r["name"], "x".join(map(str, r["input"])), str(r["samples"]), r["path"], _ms(t.median("loop")), stacked,
-             _ms(t.median("dropkit")), _x(stat), _range(stat), _spread(stat), _b_met(stat)]
+             _ms(t.median("dropkit")), _x(stat), _range(stat), _spread(stat), _b_met(stat),
+             f"{_faults(t, 'loop')} / {_faults(t, 'dropkit')}"]
         )  # fmt: skip
     header = ["model", "input", "T", "predict path", "loop ms", "stacked-torch ms", "dropkit ms", "loop/dropkit",
-              "per-round range", "spread", "dropkit never slower"]  # fmt: skip
+              "per-round range", "spread", "dropkit never slower", "page faults loop / dropkit"]  # fmt: skip
     note = "; ".join(f"{r['name']}: {r['model']}" for r in results) + "."
     return Table("B. Models without the Sequential prefix trick: loop vs dropkit", header, rows, note)
 
@@ -459,6 +491,7 @@ def _machine_lines(m: dict[str, Any], cfg: Config) -> list[str]:
         f"threads: torch {m['torch_threads']}, numba {m['numba_threads']} ({m['numba_threading_layer']} layer); {load}",
         f"versions: python {m['python']}, torch {m['torch']}, numba {m['numba']}, dropkit {m['dropkit']} "
         f"(cpu backend: {m['dropkit_cpu_backend']})",
+        f"allocator: {m.get('allocator', 'glibc defaults')}",
         f"settings: {cfg.rounds} rounds, warmup {cfg.warmup} call(s), samples >= {cfg.min_sample_s * 1e3:.0f} ms; "
         f"A: T={cfg.samples_a}, batch {cfg.batch_a}; B: T={cfg.samples_b}, batches {cfg.batch_cnn} (cnn), "
         f"{cfg.batch_bn} (bn-train), {cfg.batch_tf}x{cfg.seq_tf} (transformer)",
@@ -490,6 +523,7 @@ def _jsonable(obj: Any) -> Any:
         names = list(obj.times)
         ratios = {f"{a}/{b}": obj.ratios(a, b) for a in names for b in names if a != b}
         return {"seconds_per_call": obj.times, "iters_per_sample": obj.iters, "errors": obj.errors,
+                "minor_faults_per_call": obj.faults,
                 "per_round_ratios": ratios,
                 "median_ratios": {k: statistics.median(v) for k, v in ratios.items() if v}}  # fmt: skip
     if isinstance(obj, dict):
@@ -510,6 +544,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", metavar="FILE", help="write the results as a Markdown section to FILE")
     parser.add_argument("--json", metavar="FILE", help="dump the raw numbers as JSON to FILE")
     parser.add_argument("--heading", default="MC-dropout sampling speed", help="heading of the Markdown section")
+    parser.add_argument("--steady-heap", action="store_true",
+                        help=f"re-run this script with GLIBC_TUNABLES={STEADY_HEAP} (no page-fault churn)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.rounds is not None and args.rounds < 1:
         parser.error("--rounds must be >= 1")
@@ -519,6 +555,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run both cases, print the tables, write ``--out`` / ``--json``; return the raw results."""
     args = parse_args(argv)
+    if args.steady_heap and os.environ.get("GLIBC_TUNABLES") != STEADY_HEAP:  # glibc reads it at process start
+        argv = sys.argv[1:] if argv is None else list(argv)
+        os.execve(sys.executable, [sys.executable, str(Path(__file__).resolve()), *argv],
+                  {**os.environ, "GLIBC_TUNABLES": STEADY_HEAP})  # fmt: skip
     cfg = Config.quick() if args.quick else Config()
     if args.rounds is not None:
         cfg.rounds = args.rounds
@@ -532,7 +572,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     reference = bench_reference(cfg)
     _log("bench_mc: B. models without the prefix trick ...")
     fallbacks = bench_fallbacks(cfg)
-    machine = {**machine_info(), "load_average_start": load_start, "load_average_end": _load_average()}
+    allocator = f"GLIBC_TUNABLES={os.environ['GLIBC_TUNABLES']}" if os.environ.get("GLIBC_TUNABLES") else None
+    machine = {**machine_info(), "load_average_start": load_start, "load_average_end": _load_average(),
+               "allocator": allocator or "glibc defaults (dynamic mmap and trim thresholds)"}  # fmt: skip
     results = {"machine": machine, "reference": reference, "fallbacks": fallbacks}
     _log(f"bench_mc: done in {time.perf_counter() - start:.0f} s")
 

@@ -52,6 +52,20 @@ def test_bench_mc_quick_runs_every_case(tmp_path, capsys):
     dumped = json.loads(raw.read_text())
     assert dumped["config"]["rounds"] == 2
     assert set(dumped["reference"]["timing"]["seconds_per_call"]) == {"loop", "stacked-torch", "floor", "dropkit"}
+    faults = dumped["reference"]["timing"]["minor_faults_per_call"]
+    assert set(faults) == {"loop", "stacked-torch", "floor", "dropkit"} and all(len(f) == 2 for f in faults.values())
+    assert "page faults per call" in md and "allocator: glibc defaults" in md
+
+
+def test_bench_mc_steady_heap_reruns_itself_with_the_glibc_tunables(tmp_path):
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    out = tmp_path / "steady.md"
+    subprocess.run([sys.executable, str(BENCH), "--quick", "--steady-heap", "--out", str(out)], env=env, check=True,
+                   capture_output=True, timeout=600)  # fmt: skip
+    assert f"allocator: GLIBC_TUNABLES={_load().STEADY_HEAP}" in out.read_text()
 
 
 def test_predict_path_follows_the_rule_at_full_size():
