@@ -22,6 +22,8 @@ B. "Never slower than the loop": models where ``predict`` cannot use the ``Seque
 
    - ``cnn``: a non-``Sequential`` CNN with a custom forward (conv-relu-Dropout2d-conv-relu-flatten-linear) on
      64x1x28x28 inputs (one sample's feature maps fill most of the stacking budget: ``predict`` loops over samples);
+   - ``backbone``: torchvision's classifier layout (a ``features`` Sequential of convolutions, pooling, flatten, and
+     a dropout head) with a custom forward, on 64x3x32x32 inputs: ``predict`` computes the features once;
    - ``bn-train``: a ``Sequential`` MLP with ``BatchNorm1d`` in TRAINING mode and ``Dropout(0.5)``, batch 256
      (BatchNorm mixes the batch, so ``predict`` runs a Python loop, on dropkit's dropout kernels);
    - ``transformer``: one ``TransformerEncoderLayer`` (d_model 64, 4 heads, dropout 0.1, ``batch_first``), mean
@@ -233,6 +235,23 @@ class SmallCNN(nn.Module):
         return self.fc(h.flatten(1))
 
 
+class BackboneHead(nn.Module):
+    """torchvision's classifier layout (AlexNet, VGG): a ``features`` Sequential, pooling, flatten, dropout head."""
+
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        )  # fmt: skip
+        self.avgpool = nn.AdaptiveAvgPool2d(4)
+        self.classifier = nn.Sequential(nn.Dropout(P), nn.Linear(64 * 16, 256), nn.ReLU(inplace=True), nn.Dropout(P),
+                                        nn.Linear(256, classes))  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
 def bn_mlp() -> nn.Sequential:
     """784-512-10 MLP with ``BatchNorm1d`` (left in training mode by the benchmark) and ``Dropout(0.5)``."""
     return nn.Sequential(nn.Linear(784, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Dropout(P), nn.Linear(512, 10))
@@ -358,12 +377,16 @@ def _b_models(cfg: Config) -> list[tuple[str, str, nn.Module, torch.Tensor, bool
     torch.manual_seed(1)
     cnn = SmallCNN().eval()
     x_cnn = torch.randn(cfg.batch_cnn, 1, 28, 28)
+    backbone = BackboneHead().eval()
+    x_backbone = torch.randn(cfg.batch_cnn, 3, 32, 32)
     bn = bn_mlp().train()
     x_bn = torch.randn(cfg.batch_bn, 784)
     tf = SmallTransformer(cfg.d_model).eval()
     x_tf = torch.randn(cfg.batch_tf, cfg.seq_tf, cfg.d_model)
     return [
         ("cnn", "conv-relu-Dropout2d-conv-relu-flatten-linear, custom forward", cnn, x_cnn, True),
+        ("backbone", "conv features + pooling + 2x Dropout(0.5) head, custom forward (torchvision layout)", backbone,
+         x_backbone, True),
         ("bn-train", "784-512-10 MLP, BatchNorm1d (training) + Dropout(0.5)", bn, x_bn, False),
         ("transformer", f"TransformerEncoderLayer d{cfg.d_model} h4 dropout 0.1 + mean + Linear", tf, x_tf, True),
     ]

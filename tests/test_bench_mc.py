@@ -34,7 +34,7 @@ def test_bench_mc_quick_runs_every_case(tmp_path, capsys):
         assert timing.ratio(num, den)["median"] > 0
 
     fallbacks = {r["name"]: r for r in results["fallbacks"]}
-    assert set(fallbacks) == {"cnn", "bn-train", "transformer"}
+    assert set(fallbacks) == {"cnn", "backbone", "bn-train", "transformer"}
     assert fallbacks["bn-train"]["path"].startswith("Python loop")
     assert fallbacks["cnn"]["path"] == fallbacks["transformer"]["path"] == "stacked 5 per forward, whole model"
     for r in fallbacks.values():
@@ -75,6 +75,8 @@ def test_predict_path_follows_the_rule_at_full_size():
     cnn, x = models["cnn"]  # 64 x 32 x 28 x 28 feature maps per sample: more than half the budget, so the loop
     assert module.predict_path(cnn, x, cfg.samples_b) == "loop of samples, whole model"
     assert module.predict_path(cnn, x[:16], cfg.samples_b) == "stacked 5 per forward, whole model"
+    backbone, x = models["backbone"]  # the features run once: only their 64 x 8 x 8 output is repeated per chunk
+    assert module.predict_path(backbone, x, cfg.samples_b) == "stacked 8 per forward, whole model"
     mlp = module.mlp().eval()
     x = module.torch.randn(cfg.batch_a, module.MLP_SIZES[0])
     assert module.predict_path(mlp, x, cfg.samples_a) == "stacked 8 per forward, prefix once"
