@@ -443,6 +443,24 @@ def test_predict_memo_notices_in_place_changes(monkeypatch):
     assert torch.equal(got, ref) and calls == ref_calls == 12  # the changed output is never reused
 
 
+def test_predict_memo_gives_a_layer_called_twice_in_one_forward_two_tensors(monkeypatch):
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.fc, self.drop = nn.Linear(4, 4), nn.Dropout(0.5)
+
+        def forward(self, x):
+            a, b = self.fc(x), self.fc(x)
+            a.mul_(2)  # must not change b: the plain forward gives 3 * fc(x)
+            return self.drop(a + b)
+
+    model, x = Twice().eval(), torch.randn(3, 4)
+    got, _ = _samples(model, x, vectorize=False)
+    ref, _ = _unmemoised(model, x, monkeypatch, vectorize=False)
+    assert torch.equal(got, ref)
+
+
 def test_predict_stacked_chunks_reuse_a_pure_backbone(monkeypatch):
     model, x = _Backbone().eval(), torch.randn(4, 1, 8, 8)
     got, calls = _samples(model, x, max_rows=16)  # chunks of 4 samples: 3 stacked forwards

@@ -465,8 +465,9 @@ class _Memo:
     ``_version`` counters, bumped by every in-place op, are unchanged). An outermost :func:`_pure` submodule
     called with stable positional tensors of one ``t`` computes :math:`f(b)` once per base, then returns it
     (``t = 1``, the loop) or :math:`\mathrm{repeat}(f(b), t) = f(\mathrm{repeat}(b, t))` (a stacked chunk: the
-    layers treat rows independently, as :func:`predict` requires). Any other call runs as usual. Outputs are bit
-    for bit those of the plain forward for the loop; stacked chunks get the base's values repeated.
+    layers treat rows independently, as :func:`predict` requires). A layer asked again within one forward
+    gets a copy, so that an in-place edit of one result cannot reach the other. Any other call runs as usual.
+    Outputs are bit for bit those of the plain forward for the loop; stacked chunks get the base's values repeated.
 
     The memo holds the stable bases (the deterministic prefix's outputs, ``N`` rows each), strongly, and the
     repeated tensors weakly (they live as long as the chunk's forward uses them).
@@ -476,7 +477,8 @@ class _Memo:
         self.off = torch.is_inference_mode_enabled() or h.is_inference()  # no _version counters there: no memo
         self.modules = [] if self.off else [m for m in _outermost_pure(model) if "forward" not in m.__dict__]
         self.stable: dict[int, tuple[weakref.ref, int, torch.Tensor, int]] = {}
-        self.entries: dict[tuple[int, ...], torch.Tensor] = {}
+        self.entries: dict[tuple[int, ...], list] = {}  # key -> [output, last forward that got it]
+        self.forwards = 0
         self.inside = 0  #: > 0 while a memoised layer computes on its bases
         self.add(h, h, 1)
 
@@ -501,8 +503,8 @@ class _Memo:
             return forward(*args, **kwargs)
         bases, times = [base for base, _ in found], found[0][1]  # type: ignore[index]
         key = (id(module), *map(id, bases))
-        out = self.entries.get(key)
-        if out is None or self._lookup(out) is None:
+        entry = self.entries.get(key)
+        if entry is None or self._lookup(entry[0]) is None:
             self.inside += 1
             try:
                 out = forward(*bases)
@@ -510,8 +512,18 @@ class _Memo:
                 self.inside -= 1
             if not isinstance(out, torch.Tensor):
                 return forward(*args) if times > 1 else out
-            self.entries[key] = self.add(out, out, 1)
-        return out if times == 1 else self.add(_repeat(out, times), out, times)
+            entry = self.entries[key] = [self.add(out, out, 1), -1]
+        out = entry[0]
+        if times > 1:
+            return self.add(_repeat(out, times), out, times)
+        if entry[1] == self.forwards:  # asked twice in one forward: a copy, as two plain calls give two tensors
+            return self.add(out.clone(), out, 1)
+        entry[1] = self.forwards
+        return out
+
+    def next_forward(self) -> None:
+        """Mark the start of a sampled forward (an output is handed out once per forward, then copied)."""
+        self.forwards += 1
 
     def __enter__(self) -> _Memo:
         for m in self.modules:
@@ -577,8 +589,9 @@ def _draw(model: nn.Module, x: torch.Tensor, samples: int, max_rows: int, vector
     with _SampleStreams(dkF._seed(None, None), n, samples) as streams:
         if not vectorize:
             outputs = []
-            with _Memo(model, x):
+            with _Memo(model, x) as memo:
                 for t in range(samples):
+                    memo.next_forward()
                     with streams.chunk(t, 1):
                         outputs.append(model(x))
             return torch.stack(outputs)
@@ -594,6 +607,7 @@ def _draw(model: nn.Module, x: torch.Tensor, samples: int, max_rows: int, vector
         with _Memo(rest, h) as memo:  # deterministic layers on h run once, for all chunks
             while done < samples:
                 t = min(per_chunk, samples - done)
+                memo.next_forward()
                 with streams.chunk(done, t):
                     if first is not None:  # repeat and first dropout fused: the repeat is never materialised
                         out = rest[1:](streams.repeated_dropout(h, t, first.p))
