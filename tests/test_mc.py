@@ -499,3 +499,22 @@ def test_predict_memo_restores_forward_after_an_error_and_is_off_in_inference_mo
     with torch.inference_mode():
         got, calls = _samples(model, x, vectorize=False)
     assert calls == 12 and torch.equal(got, _samples(model, x, vectorize=False)[0])
+
+
+def test_predict_keeps_no_per_chunk_outputs():
+    """Chunk outputs go straight into one result tensor: a list of small kept outputs between each chunk's large
+    temporaries fragmented glibc's heap (3-20 GB for thousands of chunks, an out-of-memory kill at T = 10,000)."""
+    import gc
+
+    live = []
+
+    class Count(nn.Module):
+        def forward(self, x):
+            live.append(sum(1 for o in gc.get_objects() if type(o) is torch.Tensor and o.shape[-1:] == (2,)))
+            return x
+
+    model = nn.Sequential(nn.Linear(3, 8), nn.Dropout(0.5), nn.Linear(8, 2), Count()).eval()
+    mc.predict(model, torch.randn(4, 3), samples=12, task="regression", max_rows=8)  # 6 chunks of 2 samples
+    mc.predict(model, torch.randn(4, 3), samples=6, task="regression", vectorize=False)  # 6 forwards
+    assert len(live) == 1 + 6 + 6  # the probe, then the chunks
+    assert max(live[1:]) == max(live[1:3]) and live[-1] == live[-5]  # constant: nothing accumulates per chunk

@@ -585,16 +585,15 @@ def _draw(model: nn.Module, x: torch.Tensor, samples: int, max_rows: int, vector
     Masks come from :class:`_SampleStreams`, seeded from torch's generator, so sample ``t`` is the same whatever
     the chunking.
     """
-    n = x.shape[0]
+    n, result = x.shape[0], None
     with _SampleStreams(dkF._seed(None, None), n, samples) as streams:
         if not vectorize:
-            outputs = []
             with _Memo(model, x) as memo:
                 for t in range(samples):
                     memo.next_forward()
                     with streams.chunk(t, 1):
-                        outputs.append(model(x))
-            return torch.stack(outputs)
+                        result = _store(result, model(x).unsqueeze(0), t, samples)
+            return result
         prefix, rest = _split_sequential(model)
         h = prefix(x) if prefix is not None else x
         try:
@@ -603,7 +602,7 @@ def _draw(model: nn.Module, x: torch.Tensor, samples: int, max_rows: int, vector
         except (RuntimeError, ValueError):  # a layer tied to the batch size (noise_shape=(N, ...), x.view(N, ...))
             per_chunk = 1  # the loop: every forward sees the caller's batch
         first = _plain_dropout(rest)
-        chunks, done = [], 0
+        done = 0
         with _Memo(rest, h) as memo:  # deterministic layers on h run once, for all chunks
             while done < samples:
                 t = min(per_chunk, samples - done)
@@ -613,9 +612,23 @@ def _draw(model: nn.Module, x: torch.Tensor, samples: int, max_rows: int, vector
                         out = rest[1:](streams.repeated_dropout(h, t, first.p))
                     else:
                         out = rest(memo.add(_repeat(h, t), h, t) if t > 1 else h)
-                chunks.append(out.reshape(t, n, *out.shape[1:]))
+                result = _store(result, out.reshape(t, n, *out.shape[1:]), done, samples)
                 done += t
-        return torch.cat(chunks)
+        return result
+
+
+def _store(result: torch.Tensor | None, out: torch.Tensor, start: int, samples: int) -> torch.Tensor:
+    """Copy a chunk's samples ``out`` (``(t, N, ...)``) into ``result[start:start + t]``; allocate it first.
+
+    One output tensor for all ``samples`` instead of a list of small chunk outputs joined at the end: kept
+    small blocks between each chunk's large temporaries fragment glibc's heap, which then grows by about one
+    temporary per chunk (measured: 3 GB for 500 chunks of a 9-100-1 MLP on 7,316 rows; 20 GB, and an
+    out-of-memory kill, for T = 10,000).
+    """
+    if result is None:
+        result = out.new_empty((samples, *out.shape[1:]))
+    result[start : start + out.shape[0]] = out
+    return result
 
 
 def predict(
