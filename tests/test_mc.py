@@ -518,3 +518,131 @@ def test_predict_keeps_no_per_chunk_outputs():
     mc.predict(model, torch.randn(4, 3), samples=6, task="regression", vectorize=False)  # 6 forwards
     assert len(live) == 1 + 6 + 6  # the probe, then the chunks
     assert max(live[1:]) == max(live[1:3]) and live[-1] == live[-5]  # constant: nothing accumulates per chunk
+
+
+# ---- _Memo: review (in-place layers, random or reassigned weights, shared modules, per-sample edits) -------------
+
+
+class _SkipInplace(nn.Module):
+    """A pre-activation skip taken before an in-place activation (which must not reach the cached Linear output)."""
+
+    def __init__(self, act: nn.Module):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin, self.act, self.drop, self.out = nn.Linear(6, 8), act, nn.Dropout(0.5), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.lin(x)
+        skip = h * 1.0
+        return self.out(self.drop(self.act(h)) + skip)
+
+
+@pytest.mark.parametrize("act", [nn.ReLU(inplace=True), nn.LeakyReLU(0.1, inplace=True)])
+@pytest.mark.parametrize("kwargs", [{"vectorize": False}, {"max_rows": 4}])
+def test_predict_memo_never_lets_an_in_place_layer_edit_a_cached_output(monkeypatch, act, kwargs):
+    model, x = _SkipInplace(act).eval(), torch.randn(4, 6)
+    got, _ = _samples(model, x, **kwargs)
+    ref, _ = _unmemoised(model, x, monkeypatch, **kwargs)
+    assert torch.equal(got, ref)
+
+
+def test_predict_memo_leaves_the_input_alone():
+    class ActIn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.act, self.drop, self.out = nn.ReLU(inplace=True), nn.Dropout(0.5), nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.out(self.drop(self.act(x)))
+
+    x = torch.randn(4, 6)
+    x0 = x.clone()
+    _samples(ActIn().eval(), x, max_rows=16)  # stacked chunks: the plain forward edits only the repeated copies
+    assert torch.equal(x, x0)  # neither the memo nor the one-row probe wrote into x
+
+
+class _WeightDrop(nn.Module):
+    """AWD-LSTM's WeightDrop around a Linear: a new dropped-out weight assigned before every call."""
+
+    def __init__(self, module: nn.Linear, p: float):
+        super().__init__()
+        self.module, self.p = module, p
+        self.weight_raw = nn.Parameter(module.weight.detach().clone())
+        del module._parameters["weight"]
+
+    def forward(self, x):
+        self.module.weight = torch.nn.functional.dropout(self.weight_raw, self.p, training=self.training)
+        return self.module(x)
+
+
+def _random_weight_models():
+    from torch.nn.utils import parametrize
+
+    class Head(nn.Module):
+        def __init__(self, fc1):
+            super().__init__()
+            self.fc1, self.drop, self.fc2 = fc1, nn.Dropout(0.5), nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.fc2(self.drop(torch.relu(self.fc1(x))))
+
+    torch.manual_seed(0)
+    hooked = nn.Linear(6, 8)
+    hooked.raw = hooked.weight.detach().clone()
+
+    def resample(module, args):
+        module.weight.data = torch.nn.functional.dropout(module.raw, 0.5, training=True)
+
+    hooked.register_forward_pre_hook(resample)
+    param = nn.Linear(6, 8)
+    parametrize.register_parametrization(param, "weight", nn.Dropout(0.3))
+    return [Head(hooked).eval(), Head(param).eval(), Head(_WeightDrop(nn.Linear(6, 8), 0.5)).eval()]
+
+
+@pytest.mark.parametrize("index", [0, 1, 2], ids=["pre-hook", "parametrization", "WeightDrop"])
+def test_predict_memo_resamples_random_weights(monkeypatch, index):
+    x = torch.randn(4, 6)
+    got, _ = _samples(_random_weight_models()[index], x, vectorize=False)
+    ref, _ = _unmemoised(_random_weight_models()[index], x, monkeypatch, vectorize=False)
+    assert torch.equal(got, ref)
+
+
+def test_predict_memo_handles_a_module_shared_by_two_parents(monkeypatch):
+    class Block(nn.Module):
+        def __init__(self, act):
+            super().__init__()
+            self.act, self.fc = act, nn.Linear(6, 6)
+
+        def forward(self, x):
+            return self.fc(self.act(x))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            act = nn.Tanh()
+            self.b1, self.b2, self.drop, self.out = Block(act), Block(act), nn.Dropout(0.5), nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.out(self.drop(self.b2(self.b1(x))))
+
+    model, x = Net().eval(), torch.randn(4, 6)
+    got, _ = _samples(model, x, vectorize=False)  # was: AttributeError on exit, forward left on b2.fc and out
+    assert not [name for name, m in model.named_modules() if "forward" in m.__dict__]
+    assert torch.equal(got, _unmemoised(model, x, monkeypatch, vectorize=False)[0])
+
+
+def test_predict_memo_keeps_no_output_per_sample_when_edited_in_place():
+    import gc
+
+    live = []
+
+    class Edit(_CustomCNN):
+        def forward(self, x):
+            h = torch.relu_(self.conv1(x))  # conv1's cached output edited in place: recomputed every sample
+            gc.collect()
+            live.append(sum(1 for o in gc.get_objects() if type(o) is torch.Tensor and o.shape[1:2] == (4,)))
+            return self.conv2(self.drop(h)).mean((2, 3))
+
+    _samples(Edit().eval(), torch.randn(6, 1, 8, 8), vectorize=False)
+    assert live[-1] == live[0]  # was: one more stale conv1 output kept per sample

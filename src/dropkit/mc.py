@@ -433,27 +433,56 @@ _PURE_MODULE_NAMES = (
 _PURE_FORWARDS = frozenset(getattr(nn, name).forward for name in _PURE_MODULE_NAMES if hasattr(nn, name))
 
 
-def _pure(module: nn.Module) -> bool:
+def _pure(module: nn.Module, internal: bool = False) -> bool:
     """Whether ``module`` computes a pure function of its inputs, with no side effect.
 
     True for a listed torch layer that keeps its class's ``forward`` (norms in eval mode, ``Embedding`` without
-    ``max_norm``) and for a ``Sequential`` of such layers; false for any custom ``forward``, which may draw noise.
+    ``max_norm``) and for a ``Sequential`` of such layers; false for any custom ``forward``, which may draw noise,
+    for a module with an instance ``forward``, hooks (a pre-hook may resample the weight: DropConnect) or
+    parametrizations (which may be random), and for an ``inplace=True`` layer that would edit the caller's
+    tensor (``internal``: its input is a temporary made earlier inside an enclosing pure ``Sequential``).
     """
+    if "forward" in module.__dict__ or module._forward_hooks or module._forward_pre_hooks:
+        return False
     forward = type(module).forward
     if forward is nn.Sequential.forward:
-        return all(_pure(child) for child in module)
-    if forward not in _PURE_FORWARDS:
+        for child in module:
+            if not _pure(child, internal):
+                return False
+            internal = internal or any(_fresh(m) for m in child.modules())
+        return True
+    if forward not in _PURE_FORWARDS or next(module.children(), None) is not None:  # children: parametrizations
+        return False
+    if getattr(module, "inplace", False) and not internal:
         return False
     if isinstance(module, nn.modules.batchnorm._NormBase) and module.training:  # batch statistics, running stats
         return False
     return getattr(module, "max_norm", None) is None  # Embedding(max_norm=...) renormalises its weight in place
 
 
+def _fresh(module: nn.Module) -> bool:
+    """Whether a pure leaf layer returns a new tensor (not its input or a view of it)."""
+    return type(module).forward in _PURE_FORWARDS and not (
+        isinstance(module, (nn.Identity, nn.Flatten, nn.Unflatten)) or getattr(module, "inplace", False)
+    )
+
+
 def _outermost_pure(module: nn.Module) -> list[nn.Module]:
-    """The pure submodules of ``module`` that no pure module contains."""
+    """The pure submodules of ``module`` that no pure module contains (each once, also when shared)."""
     if _pure(module):
         return [module]
-    return [m for child in module.children() for m in _outermost_pure(child)]
+    return list(dict.fromkeys(m for child in module.children() for m in _outermost_pure(child)))
+
+
+def _state(module: nn.Module) -> list[torch.Tensor]:
+    """The tensors a module's forward may read besides its arguments: parameters, buffers, tensor attributes."""
+    return [
+        t
+        for m in module.modules()
+        for d in (m._parameters, m._buffers, m.__dict__)
+        for t in d.values()
+        if isinstance(t, torch.Tensor)
+    ]
 
 
 class _Memo:
@@ -470,23 +499,34 @@ class _Memo:
     Outputs are bit for bit those of the plain forward for the loop; stacked chunks get the base's values repeated.
 
     The memo holds the stable bases (the deterministic prefix's outputs, ``N`` rows each), strongly, and the
-    repeated tensors weakly (they live as long as the chunk's forward uses them).
+    repeated tensors weakly (they live as long as the chunk's forward uses them). An output edited in place, or
+    whose layer's weights or buffers changed, is recomputed, and the stale one, with what was computed from it,
+    is let go (per-sample edits would otherwise keep one activation per sample).
     """
 
     def __init__(self, model: nn.Module, h: torch.Tensor) -> None:
-        self.off = torch.is_inference_mode_enabled() or h.is_inference()  # no _version counters there: no memo
+        hooks = nn.modules.module  # global module hooks may be stateful or random: no memo under them
+        hooked = getattr(hooks, "_global_forward_pre_hooks", None) or getattr(hooks, "_global_forward_hooks", None)
+        self.off = torch.is_inference_mode_enabled() or h.is_inference() or bool(hooked)  # inference: no _version
         self.modules = [] if self.off else [m for m in _outermost_pure(model) if "forward" not in m.__dict__]
         self.stable: dict[int, tuple[weakref.ref, int, torch.Tensor, int]] = {}
-        self.entries: dict[tuple[int, ...], list] = {}  # key -> [output, last forward that got it]
+        #: key (module, *bases) -> [output, last forward that got it, the bases (weakly), the module's state]
+        self.entries: dict[tuple[int, ...], list | bool] = {}
         self.forwards = 0
         self.inside = 0  #: > 0 while a memoised layer computes on its bases
-        self.add(h, h, 1)
+        self.h = self.add(h, h, 1)
 
     def add(self, tensor: torch.Tensor, base: torch.Tensor, times: int) -> torch.Tensor:
         """Record that ``tensor`` equals ``base`` repeated ``times`` times in dimension 0 (``base`` stable)."""
         if not self.off:
-            self.stable[id(tensor)] = (weakref.ref(tensor), tensor._version, base, times)
+            key = id(tensor)  # the record goes when the tensor does (a repeat or copy: its base is held strongly)
+            self.stable[key] = (weakref.ref(tensor, functools.partial(self._forget, key)), tensor._version, base, times)
         return tensor
+
+    def _forget(self, key: int, ref: weakref.ref) -> None:
+        held = self.stable.get(key)
+        if held is not None and held[0] is ref:
+            del self.stable[key]
 
     def _lookup(self, tensor: object) -> tuple[torch.Tensor, int] | None:
         held = self.stable.get(id(tensor))
@@ -497,6 +537,27 @@ class _Memo:
             return None
         return base, held[3]
 
+    def _valid(self, entry: list, module: nn.Module, bases: list[torch.Tensor]) -> bool:
+        """The output is unchanged, computed from these very bases, with the module's current weights and buffers."""
+        if self._lookup(entry[0]) is None or any(ref() is not b for ref, b in zip(entry[2], bases, strict=True)):
+            return False
+        state = _state(module)  # a wrapper may assign a new weight per call (WeightDrop) or edit one in place
+        if len(state) != len(entry[3]):
+            return False
+        return all(r() is t and t._version == v for (r, v), t in zip(entry[3], state, strict=True))
+
+    def _drop(self, key: tuple[int, ...]) -> None:
+        """Forget a stale entry, its output's record and the entries computed from it (they would be kept alive)."""
+        entry = self.entries.pop(key, None)
+        if not isinstance(entry, list):
+            return
+        out = entry[0]
+        held = self.stable.get(id(out))
+        if out is not self.h and held is not None and held[0]() is out and held[2] is out:
+            del self.stable[id(out)]
+        for k in [k for k in self.entries if id(out) in k[1:]]:
+            self._drop(k)
+
     def _call(self, module: nn.Module, forward, *args, **kwargs):
         found = [self._lookup(arg) for arg in args] if args and not kwargs else [None]
         if any(f is None for f in found) or len({times for _, times in found}) != 1:  # type: ignore[misc]
@@ -504,21 +565,26 @@ class _Memo:
         bases, times = [base for base, _ in found], found[0][1]  # type: ignore[index]
         key = (id(module), *map(id, bases))
         entry = self.entries.get(key)
-        if entry is None or self._lookup(entry[0]) is None:
+        if entry is False:  # a layer that returns no tensor (MaxPool2d(return_indices=True)): not memoised
+            return forward(*args)
+        if entry is None or not self._valid(entry, module, bases):  # type: ignore[arg-type]
+            self._drop(key)
             self.inside += 1
             try:
                 out = forward(*bases)
             finally:
                 self.inside -= 1
             if not isinstance(out, torch.Tensor):
+                self.entries[key] = False
                 return forward(*args) if times > 1 else out
-            entry = self.entries[key] = [self.add(out, out, 1), -1]
-        out = entry[0]
+            state = [(weakref.ref(t), t._version) for t in _state(module)]
+            entry = self.entries[key] = [self.add(out, out, 1), -1, [weakref.ref(b) for b in bases], state]
+        out = entry[0]  # type: ignore[index]
         if times > 1:
             return self.add(_repeat(out, times), out, times)
-        if entry[1] == self.forwards:  # asked twice in one forward: a copy, as two plain calls give two tensors
+        if entry[1] == self.forwards:  # type: ignore[index]  # asked twice in one forward: a copy, as plain calls give
             return self.add(out.clone(), out, 1)
-        entry[1] = self.forwards
+        entry[1] = self.forwards  # type: ignore[index]
         return out
 
     def next_forward(self) -> None:
@@ -532,9 +598,9 @@ class _Memo:
 
     def __exit__(self, *exc_info: object) -> None:
         for m in self.modules:
-            del m.forward
-        self.stable.clear()
+            m.__dict__.pop("forward", None)
         self.entries.clear()
+        self.stable.clear()
 
 
 def _widest_activation(module: nn.Module, row: torch.Tensor) -> int:
@@ -598,7 +664,7 @@ def _draw(model: nn.Module, x: torch.Tensor, samples: int, max_rows: int, vector
         h = prefix(x) if prefix is not None else x
         try:
             with streams.chunk(0, 1):  # a one-row probe (it may draw masks: from the streams, its output is dropped)
-                per_chunk = samples_per_chunk(_widest_activation(rest, h[:1]) * n, n, samples, max_rows)
+                per_chunk = samples_per_chunk(_widest_activation(rest, h[:1].clone()) * n, n, samples, max_rows)
         except (RuntimeError, ValueError):  # a layer tied to the batch size (noise_shape=(N, ...), x.view(N, ...))
             per_chunk = 1  # the loop: every forward sees the caller's batch
         first = _plain_dropout(rest)
