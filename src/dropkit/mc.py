@@ -501,7 +501,8 @@ class _Memo:
     The memo holds the stable bases (the deterministic prefix's outputs, ``N`` rows each), strongly, and the
     repeated tensors weakly (they live as long as the chunk's forward uses them). An output edited in place, or
     whose layer's weights or buffers changed, is recomputed, and the stale one, with what was computed from it,
-    is let go (per-sample edits would otherwise keep one activation per sample).
+    is let go (per-sample edits would otherwise keep one activation per sample). Edits that bypass the version
+    counter (through ``.data``, NumPy or the storage) are not seen.
     """
 
     def __init__(self, model: nn.Module, h: torch.Tensor) -> None:
@@ -713,8 +714,8 @@ def predict(
 
     The samples are stacked in the batch dimension (``t × N`` rows per forward), the deterministic part before
     the first dropout runs once (the prefix of a ``Sequential``; in a custom ``forward``, every torch layer that
-    sees only the input or such layers' outputs: :class:`_Memo`), and torch's dropout runs on dropkit's seeded
-    kernels.
+    sees only the input or such layers' outputs: :class:`_Memo`; in-place edits of their outputs are noticed,
+    except through ``.data``), and torch's dropout runs on dropkit's seeded kernels.
 
     How many samples a forward stacks (:func:`samples_per_chunk`) is a fixed rule, not a timing: as many as
     keep the chunk's widest activation (measured once on a one-row probe, times ``N``) within
