@@ -358,6 +358,18 @@ def keep_mask(numel: int, seed: int, offset: int, threshold: int) -> torch.Tenso
     return out
 
 
+def _arrays(x: torch.Tensor, out: torch.Tensor) -> tuple[np.ndarray, np.ndarray, type]:
+    """Flat NumPy views of contiguous CPU ``x`` and ``out``, and the float type the kernels compute in.
+
+    numba has no bfloat16: its tensors pass as their uint16 bits, widened and rounded inside the kernels.
+    """
+    if x.dtype == torch.bfloat16:
+        xs, os_ = (t.detach().view(torch.int16).numpy().view(np.uint16) for t in (x, out))
+        return xs.reshape(-1), os_.reshape(-1), np.float32
+    real = np.float32 if x.dtype == torch.float32 else np.float64
+    return x.detach().numpy().reshape(-1), out.detach().numpy().reshape(-1), real
+
+
 def masked_affine(
     x: torch.Tensor,
     out: torch.Tensor,
@@ -375,13 +387,7 @@ def masked_affine(
     """
     if x.numel() == 0:
         return
-    if x.dtype == torch.bfloat16:  # numba has no bfloat16: pass the bits, widen and round inside the kernel
-        xs, os_ = (t.detach().view(torch.int16).numpy().view(np.uint16) for t in (x, out))
-        real = np.float32
-    else:
-        xs, os_ = x.detach().numpy(), out.detach().numpy()
-        real = np.float32 if x.dtype == torch.float32 else np.float64
-    xs, os_ = xs.reshape(-1), os_.reshape(-1)
+    xs, os_, real = _arrays(x, out)
     affine = (real(scale), real(bias), real(fill))
     if row == 1:
         args = (xs, os_, *_groups(offset, x.numel()), *_key(seed), np.int64(offset), np.uint32(threshold), *affine)
@@ -447,12 +453,7 @@ def masked_affine_repeat(
     n = x.numel()
     if n == 0 or out.numel() == 0:
         return
-    if x.dtype == torch.bfloat16:
-        xs, os_ = (t.detach().view(torch.int16).numpy().view(np.uint16).reshape(-1) for t in (x, out))
-        real = np.float32
-    else:
-        xs, os_ = x.detach().numpy().reshape(-1), out.detach().numpy().reshape(-1)
-        real = np.float32 if x.dtype == torch.float32 else np.float64
+    xs, os_, real = _arrays(x, out)
     args = (xs, os_, np.int64(out.numel() // n), *_key(seed), np.int64(offset), np.uint32(threshold),
             real(scale), real(bias), real(fill))  # fmt: skip
     with _LOCK:
