@@ -218,6 +218,24 @@ def _call(
     return forward_backward
 
 
+def _passes(
+    ops: dict[str, Callable[[torch.Tensor], torch.Tensor]], x: torch.Tensor, what: str, cfg: Config
+) -> list[tuple[str, Timing]]:
+    """Time every contender of ``ops`` on ``x``, forward then forward + backward, interleaved; log under ``what``."""
+    xg = x.detach().clone().requires_grad_(True)
+    g = torch.ones_like(x)
+    timings = []
+    for kind in ("fwd", "fwd+bwd"):
+        start = time.perf_counter()
+        calls = {name: _call(ops[name], kind, x, xg, g) for name in CONTENDERS}
+        timings.append((kind, interleaved(calls, cfg)))
+        del calls
+        _log(f"  {what} {kind:7s} {time.perf_counter() - start:6.1f} s")
+        _free()
+    del xg, g
+    return timings
+
+
 def bench_elementwise(cfg: Config) -> list[dict[str, Any]]:
     """Case 1: forward and forward+backward of each op for every dtype and size."""
     results = []
@@ -227,18 +245,9 @@ def bench_elementwise(cfg: Config) -> list[dict[str, Any]]:
         for k in cfg.sizes_log2:
             n = 1 << k
             x = torch.randn(n, generator=gen, dtype=dtype)
-            xg = x.detach().clone().requires_grad_(True)
-            g = torch.ones_like(x)
-
-            for kind in ("fwd", "fwd+bwd"):
-                start = time.perf_counter()
-                calls = {name: _call(ops[name], kind, x, xg, g) for name in CONTENDERS}
-                timing = interleaved(calls, cfg)
-                del calls
-                _log(f"  elementwise {_dtype_name(dtype):8s} 2^{k} {kind:7s} {time.perf_counter() - start:6.1f} s")
+            for kind, timing in _passes(ops, x, f"elementwise {_dtype_name(dtype):8s} 2^{k}", cfg):
                 results.append({"dtype": _dtype_name(dtype), "log2": k, "numel": n, "kind": kind, "timing": timing})
-                _free()
-            del x, xg, g
+            del x
             _free()
     return results
 
@@ -250,18 +259,10 @@ def bench_channel(cfg: Config) -> list[dict[str, Any]]:
     gen = torch.Generator().manual_seed(0)
     for shape in cfg.channel_shapes:
         x = torch.randn(shape, generator=gen)
-        xg = x.detach().clone().requires_grad_(True)
-        g = torch.ones_like(x)
         label = "x".join(map(str, shape))
-        for kind in ("fwd", "fwd+bwd"):
-            start = time.perf_counter()
-            calls = {name: _call(ops[name], kind, x, xg, g) for name in CONTENDERS}
-            timing = interleaved(calls, cfg)
-            del calls
-            _log(f"  dropout2d {label:14s} {kind:7s} {time.perf_counter() - start:6.1f} s")
+        for kind, timing in _passes(ops, x, f"dropout2d {label:14s}", cfg):
             results.append({"shape": label, "kind": kind, "timing": timing})
-            _free()
-        del x, xg, g
+        del x
         _free()
     return results
 
