@@ -442,7 +442,7 @@ def _pure(module: nn.Module, internal: bool = False) -> bool:
     parametrizations (which may be random), and for an ``inplace=True`` layer that would edit the caller's
     tensor (``internal``: its input is a temporary made earlier inside an enclosing pure ``Sequential``).
     """
-    if "forward" in module.__dict__ or module._forward_hooks or module._forward_pre_hooks:
+    if "forward" in module.__dict__ or _hooked(module):
         return False
     forward = type(module).forward
     if forward is nn.Sequential.forward:
@@ -458,6 +458,11 @@ def _pure(module: nn.Module, internal: bool = False) -> bool:
     if isinstance(module, nn.modules.batchnorm._NormBase) and module.training:  # batch statistics, running stats
         return False
     return getattr(module, "max_norm", None) is None  # Embedding(max_norm=...) renormalises its weight in place
+
+
+def _hooked(module: nn.Module) -> bool:
+    """Whether ``module`` has its own forward hooks or pre-hooks (code that may change what it computes)."""
+    return bool(module._forward_hooks or module._forward_pre_hooks)
 
 
 def _fresh(module: nn.Module) -> bool:
@@ -509,7 +514,7 @@ class _Memo:
         hooks = nn.modules.module  # global module hooks may be stateful or random: no memo under them
         hooked = getattr(hooks, "_global_forward_pre_hooks", None) or getattr(hooks, "_global_forward_hooks", None)
         self.off = torch.is_inference_mode_enabled() or h.is_inference() or bool(hooked)  # inference: no _version
-        self.modules = [] if self.off else [m for m in _outermost_pure(model) if "forward" not in m.__dict__]
+        self.modules = [] if self.off else _outermost_pure(model)  # never one with its own instance forward
         self.stable: dict[int, tuple[weakref.ref, int, torch.Tensor, int]] = {}
         #: key (module, *bases) -> [output, last forward that got it, the bases (weakly), the module's state]
         self.entries: dict[tuple[int, ...], list | bool] = {}
@@ -640,8 +645,7 @@ def _plain_dropout(rest: nn.Module) -> nn.Dropout | None:
     if not isinstance(rest, nn.Sequential) or len(rest) < 2:
         return None
     layer = rest[0]
-    hooked = layer._forward_hooks or layer._forward_pre_hooks
-    return layer if type(layer) is nn.Dropout and not hooked else None
+    return layer if type(layer) is nn.Dropout and not _hooked(layer) else None
 
 
 @torch.no_grad()
@@ -652,24 +656,19 @@ def _draw(model: nn.Module, x: torch.Tensor, samples: int, max_rows: int, vector
     Masks come from :class:`_SampleStreams`, seeded from torch's generator, so sample ``t`` is the same whatever
     the chunking.
     """
-    n, result = x.shape[0], None
+    n, result, done = x.shape[0], None, 0
     with _SampleStreams(dkF._seed(None, None), n, samples) as streams:
-        if not vectorize:
-            with _Memo(model, x) as memo:
-                for t in range(samples):
-                    memo.next_forward()
-                    with streams.chunk(t, 1):
-                        result = _store(result, model(x).unsqueeze(0), t, samples)
-            return result
-        prefix, rest = _split_sequential(model)
-        h = prefix(x) if prefix is not None else x
-        try:
-            with streams.chunk(0, 1):  # a one-row probe (it may draw masks: from the streams, its output is dropped)
-                per_chunk = samples_per_chunk(_widest_activation(rest, h[:1].clone()) * n, n, samples, max_rows)
-        except (RuntimeError, ValueError):  # a layer tied to the batch size (noise_shape=(N, ...), x.view(N, ...))
-            per_chunk = 1  # the loop: every forward sees the caller's batch
-        first = _plain_dropout(rest)
-        done = 0
+        if vectorize:
+            prefix, rest = _split_sequential(model)
+            h = prefix(x) if prefix is not None else x
+            try:
+                with streams.chunk(0, 1):  # a one-row probe (it may draw masks from the streams; output dropped)
+                    per_chunk = samples_per_chunk(_widest_activation(rest, h[:1].clone()) * n, n, samples, max_rows)
+            except (RuntimeError, ValueError):  # a layer tied to the batch size (noise_shape=(N, ...), x.view(N, ...))
+                per_chunk = 1  # the loop: every forward sees the caller's batch
+            first = _plain_dropout(rest)
+        else:  # a loop of whole-model forwards
+            rest, h, per_chunk, first = model, x, 1, None
         with _Memo(rest, h) as memo:  # deterministic layers on h run once, for all chunks
             while done < samples:
                 t = min(per_chunk, samples - done)
@@ -679,7 +678,7 @@ def _draw(model: nn.Module, x: torch.Tensor, samples: int, max_rows: int, vector
                         out = rest[1:](streams.repeated_dropout(h, t, first.p))
                     else:
                         out = rest(memo.add(_repeat(h, t), h, t) if t > 1 else h)
-                result = _store(result, out.reshape(t, n, *out.shape[1:]), done, samples)
+                result = _store(result, out.unflatten(0, (t, -1)), done, samples)
                 done += t
         return result
 
