@@ -453,7 +453,9 @@ def machine() -> str:
 
 
 def run_dataset(ds: Dataset, args: argparse.Namespace) -> dict[str, Any]:
-    first = min(args.first_split, ds.n_splits)
+    first = args.first_split
+    if not 0 <= first < ds.n_splits:
+        raise ValueError(f"uci_gal: --first-split must be in [0, {ds.n_splits - 1}] for {ds.name}, but got {first}.")
     n_run = min(args.splits or ds.n_splits, ds.n_splits - first)
     epochs = max(1, int(round(ds.n_epochs * args.epochs_multiplier)))
     grid_size = len(ds.dropout_rates) * len(ds.tau_values)

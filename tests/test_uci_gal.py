@@ -71,3 +71,10 @@ def test_first_split_runs_give_the_same_per_split_results_as_one_run(tmp_path):
     assert tail["splits_run"] == 2 and [s["split"] for s in tail["per_split"]] == [1, 2]
     mine, ref = tail["per_split"][0], whole[1]
     assert {k: v for k, v in mine.items() if k != "seconds"} == {k: v for k, v in ref.items() if k != "seconds"}
+
+
+@pytest.mark.parametrize("first", ["-1", "3"])
+def test_first_split_outside_the_splits_is_a_clear_error(tmp_path, first):
+    folder = str(_folder(tmp_path / "toy", splits=3))
+    with pytest.raises(ValueError, match=rf"--first-split must be in \[0, 2\] for toy, but got {first}"):
+        uci_gal.main([folder, "--quick", "--first-split", first])
