@@ -218,6 +218,18 @@ def test_large_outputs_are_advised_huge_pages_and_values_unchanged():
     assert cpu.advise_huge_pages(small) is small
 
 
+@pytest.mark.skipif(not cpu._MADVISE, reason="madvise and mincore are Linux calls")
+def test_memory_already_written_is_not_advised():
+    """A buffer the allocator reuses (its pages in memory) keeps its mapping: the advice would only split it."""
+    big = torch.ones(1 << 24)  # written: every page resident
+    middle = big.data_ptr() + big.numel() * 2
+    assert cpu._resident(middle // cpu._PAGE * cpu._PAGE)
+    assert cpu.advise_huge_pages(big) is big
+    assert "hg" not in _vm_flags(middle)
+    fresh = torch.empty(1 << 24)
+    assert not cpu._resident((fresh.data_ptr() + fresh.numel() * 2) // cpu._PAGE * cpu._PAGE)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize(("n", "copies", "offset"), [(1000, 3, 5), (4096, 5, 123456789), (777, 1, 0), (70000, 4, 2)])
 @pytest.mark.parametrize("forked", [False, True])

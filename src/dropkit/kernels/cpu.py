@@ -400,26 +400,36 @@ def masked_affine(
         _launch(_rows_parallel, _rows_serial, x.numel(), *args)
 
 
-#: Outputs of at least this many bytes get huge pages (see :func:`advise_huge_pages`).
-HUGE_PAGES_FROM = 1 << 22
+#: Outputs of at least this many bytes get huge pages (see :func:`advise_huge_pages`): glibc's largest ``mmap``
+#: threshold, above which every buffer is a fresh mapping. Smaller ones mostly come from reused heap memory.
+HUGE_PAGES_FROM = 1 << 25
 _HUGE_PAGE = 1 << 21
 _MADV_HUGEPAGE = 14
 
 
-def _madvise():
+def _libc_calls():
+    """``madvise`` and ``mincore`` from libc, or ``(None, None)`` off Linux."""
     if not sys.platform.startswith("linux"):
-        return None
+        return None, None
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        madvise = libc.madvise
+        madvise, mincore = libc.madvise, libc.mincore
     except (OSError, AttributeError):  # pragma: no cover - no libc symbol
-        return None
+        return None, None
     madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    madvise.restype = ctypes.c_int
-    return madvise
+    mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    madvise.restype = mincore.restype = ctypes.c_int
+    return madvise, mincore
 
 
-_MADVISE = _madvise()
+_MADVISE, _MINCORE = _libc_calls()
+_PAGE = 4096
+
+
+def _resident(address: int) -> bool:
+    """Whether the 4 KB page at ``address`` (page-aligned) is in memory: written before, not a fresh mapping."""
+    vec = ctypes.create_string_buffer(1)
+    return _MINCORE(address, _PAGE, vec) == 0 and vec.raw[0] & 1 == 1
 
 
 def advise_huge_pages(t: torch.Tensor) -> torch.Tensor:
@@ -428,15 +438,17 @@ def advise_huge_pages(t: torch.Tensor) -> torch.Tensor:
     torch's CPU allocator maps large buffers afresh (glibc serves anything above 32 MB with ``mmap``), so the
     first write faults in every 4 KB page: writing 200 MB that way costs about 4x the write itself. With
     ``madvise(MADV_HUGEPAGE)`` before that first write (what NumPy does for its large arrays, and torch with
-    ``THP_MEM_ALLOC_ENABLE=1``) the kernel faults 2 MB pages instead. A no-op below :data:`HUGE_PAGES_FROM`
-    bytes, off Linux, or where transparent huge pages are disabled; the contents are unaffected.
+    ``THP_MEM_ALLOC_ENABLE=1``) the kernel faults 2 MB pages instead. Memory the allocator reuses (its first and
+    last pages already in memory, ``mincore``) is left alone: the advice would only split the heap's mapping, at
+    a cost comparable to the write of a few MB. A no-op below :data:`HUGE_PAGES_FROM` bytes, off Linux, or where
+    transparent huge pages are disabled; the contents are unaffected.
     """
     nbytes = t.numel() * t.element_size()
     if _MADVISE is None or nbytes < HUGE_PAGES_FROM or t.device.type != "cpu":
         return t
     ptr = t.data_ptr()
     start, end = -(-ptr // _HUGE_PAGE) * _HUGE_PAGE, (ptr + nbytes) // _HUGE_PAGE * _HUGE_PAGE
-    if end > start:
+    if end > start and not (_resident(start) and _resident(end - _PAGE)):
         _MADVISE(start, end - start, _MADV_HUGEPAGE)  # advice only: failures (EINVAL on old kernels) are ignored
     return t
 
