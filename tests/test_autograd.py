@@ -144,3 +144,115 @@ def test_channel_dropout_gradient_zeroes_whole_channels():
     per_channel = x.grad.flatten(2)
     assert bool(((per_channel == 0).all(-1) | (per_channel == 2).all(-1)).all())
     assert math.isclose(float(per_channel.max()), 2.0)
+
+
+# ---- forward-mode AD and torch.func transforms ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("fn", "shape"), GRAD_OPS)
+def test_forward_mode_gradcheck(fn, shape):
+    """Forward-mode AD (``torch.autograd.forward_ad``), as torch's dropout OpInfos check (supports_forward_ad)."""
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: fn(t, seed=5), (x,), check_forward_ad=True)
+
+
+@pytest.mark.parametrize(("fn", "shape"), GRAD_OPS)
+def test_torch_func_grad_jacrev_jacfwd_match_autograd(fn, shape):
+    x = torch.randn(shape, dtype=torch.float64)
+    leaf = x.clone().requires_grad_()
+    fn(leaf, seed=9).sum().backward()
+    torch.testing.assert_close(torch.func.grad(lambda t: fn(t, seed=9).sum())(x), leaf.grad, rtol=0, atol=0)
+    jac_rev = torch.func.jacrev(lambda t: fn(t, seed=9))(x)
+    jac_fwd = torch.func.jacfwd(lambda t: fn(t, seed=9), randomness="same")(x)
+    torch.testing.assert_close(jac_rev, jac_fwd, rtol=0, atol=0)
+    n = x.numel()
+    torch.testing.assert_close(jac_rev.reshape(n, n).sum(0), leaf.grad.flatten(), rtol=0, atol=0)
+
+
+def test_forward_mode_of_an_inplace_call_edits_the_tangent():
+    import torch.autograd.forward_ad as fwAD
+
+    x = torch.randn(6, 5)
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(x.clone(), torch.ones(6, 5))
+        y = F.dropout(dual, 0.5, seed=1, inplace=True)
+        assert y is dual
+        tangent = fwAD.unpack_dual(y).tangent
+    torch.testing.assert_close(tangent, F.dropout(torch.ones(6, 5), 0.5, seed=1), rtol=0, atol=0)
+
+
+VMAP_OPS = [
+    pytest.param(lambda t: F.dropout(t, 0.5, seed=3), id="dropout"),
+    pytest.param(lambda t: F.dropout1d(t, 0.5, seed=3), id="dropout1d"),
+    pytest.param(lambda t: F.alpha_dropout(t, 0.5, True, seed=3), id="alpha_dropout"),
+    pytest.param(lambda t: F.gaussian_dropout(t, 0.5, seed=3), id="gaussian_dropout"),
+    pytest.param(lambda t: F.gaussian_noise(t, 0.5, seed=3), id="gaussian_noise"),
+]
+
+
+@pytest.mark.parametrize("fn", VMAP_OPS)
+def test_vmap_randomness_different_is_the_call_on_the_whole_batch(fn):
+    """``randomness="different"``: each slice its own draw, namely the unbatched call's rows (one mechanism)."""
+    x = torch.randn(6, 4, 5)
+    got = torch.vmap(fn, randomness="different")(x)
+    torch.testing.assert_close(got, fn(x), rtol=0, atol=0)
+    assert not torch.equal(got[0] - x[0], got[1] - x[1])
+    moved = torch.vmap(fn, in_dims=2, out_dims=2, randomness="different")(x)  # a non-leading vmapped dim
+    torch.testing.assert_close(moved, fn(x.movedim(2, 0)).movedim(0, 2), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("fn", VMAP_OPS)
+def test_vmap_randomness_same_gives_every_slice_one_draw(fn):
+    x = torch.ones(6, 4, 5)
+    got = torch.vmap(fn, randomness="same")(x)
+    for row in got[1:]:
+        torch.testing.assert_close(row, got[0], rtol=0, atol=0)
+    torch.testing.assert_close(got[0], fn(x[0]), rtol=0, atol=0)
+
+
+def test_vmap_of_an_unseeded_call_follows_torch_randomness_error_mode():
+    with pytest.raises(RuntimeError, match="randomness"):
+        torch.vmap(lambda t: F.dropout(t, 0.5))(torch.ones(3, 4))
+
+
+def test_per_sample_gradients_with_vmap_of_grad():
+    """The Opacus-style recipe: per-sample gradients of a loss with seeded dropout inside."""
+    w = torch.randn(8, 3, dtype=torch.float64)
+    xs = torch.randn(5, 8, dtype=torch.float64)
+
+    def loss(w, x):
+        return (F.dropout(x, 0.5, seed=1) @ w).square().sum()
+
+    per_sample = torch.vmap(torch.func.grad(loss), in_dims=(None, 0), randomness="same")(w, xs)
+    for i in range(5):
+        wi = w.clone().requires_grad_()
+        loss(wi, xs[i]).backward()
+        torch.testing.assert_close(per_sample[i], wi.grad)
+
+
+# ---- inference: no autograd Function when nothing can differentiate -----------------------------------------
+
+
+def test_inference_calls_skip_the_autograd_function_with_the_same_values(monkeypatch):
+    x = torch.randn(4, 6, 3, 3)
+    with torch.no_grad():
+        direct = F.dropout2d(x, 0.3, seed=4)
+    graph = F.dropout2d(x.clone().requires_grad_(), 0.3, seed=4)
+    assert direct.grad_fn is None and graph.grad_fn is not None
+    torch.testing.assert_close(direct, graph.detach(), rtol=0, atol=0)
+
+    def refuse(*args):
+        raise AssertionError("the autograd Function ran for a call nothing differentiates")
+
+    monkeypatch.setattr(F._MaskedAffineFn, "apply", refuse)
+    with torch.no_grad():
+        torch.testing.assert_close(F.dropout2d(x, 0.3, seed=4), direct, rtol=0, atol=0)
+    torch.testing.assert_close(F.dropout2d(x, 0.3, seed=4), direct, rtol=0, atol=0)  # x needs no grad
+
+
+def test_inplace_without_grad_still_bumps_the_version_counter():
+    x = torch.randn(8, 8)
+    before = x._version
+    with torch.no_grad():
+        assert F.dropout(x, 0.5, seed=1, inplace=True) is x
+    assert x._version > before

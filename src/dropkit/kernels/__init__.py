@@ -80,13 +80,20 @@ def backend() -> str:
         if choice == "triton" and os.environ.get("TRITON_INTERPRET") != "1":
             raise RuntimeError("triton backend on CPU tensors needs Triton's interpreter: set TRITON_INTERPRET=1.")
         return choice
+    if not _numba_importable():
+        if choice == "numba":
+            raise RuntimeError("numba backend requested but numba is not installed (pip install numba).")
+        return "reference"
+    return "numba"
+
+
+@functools.lru_cache(maxsize=1)
+def _numba_importable() -> bool:
     try:
         from . import cpu  # noqa: F401
     except ImportError:
-        if choice == "numba":
-            raise RuntimeError("numba backend requested but numba is not installed (pip install numba).") from None
-        return "reference"
-    return "numba"
+        return False
+    return True
 
 
 @contextlib.contextmanager
@@ -204,6 +211,8 @@ def apply(
     With ``bias`` (shape ``(x.shape[-1],)``) and ``residual`` (shape of ``x``), element-wise specs only, return
     ``residual + map(x + bias)`` (fused on the Triton path).
     """
+    if spec.shard is not None:
+        spec = _place(spec, spec.mask_shape(x.shape))  # a leading shard (an MC sample's rows) becomes an offset
     if (  # the eager CPU path in one test: it runs per call of every op, so its Python cost counts on small inputs
         bias is None
         and residual is None
@@ -216,6 +225,7 @@ def apply(
         and (out is None or out.is_contiguous())
         and backend() == "numba"
         and not torch.compiler.is_compiling()
+        and not _wrapped(x)
     ):
         from . import cpu
 
@@ -226,9 +236,8 @@ def apply(
         cpu.masked_affine(x, dst, spec.seed, spec.offset, spec.threshold, spec.scale, spec.bias, spec.fill, row)
         return dst
     mask_shape = spec.mask_shape(x.shape)
-    spec = _place(spec, mask_shape)
     row = x.numel() // max(1, math.prod(mask_shape))
-    which = "reference" if spec.shard is not None else select(x)
+    which = "reference" if spec.shard is not None or _wrapped(x) else select(x)
     if torch.compiler.is_compiling():  # one traceable node: custom ops for the host path, triton_op on the GPU
         from . import ops
 
@@ -260,10 +269,18 @@ def apply(
         dst = torch.empty_like(x, memory_format=torch.contiguous_format) if out is None else out
         cpu.masked_affine(x, dst, spec.seed, spec.offset, spec.threshold, spec.scale, spec.bias, spec.fill, row)
         return dst
-    keep = keep_mask(spec, mask_shape, x.device)
+    with torch._C._DisableFuncTorch() if _wrapped(x) else contextlib.nullcontext():  # a plain mask under torch.func
+        keep = keep_mask(spec, mask_shape, x.device)
     result = masked_affine_ref(x, keep, spec.scale, spec.bias, spec.fill)
     return result if out is None else out.copy_(result)
 
+
+def _wrapped(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a torch.func transform's wrapper (no storage of its own): torch ops only, no raw kernels.
+
+    False while torch traces (the check first, so dynamo never sees the pybind function, which it cannot trace).
+    """
+    return not torch.compiler.is_compiling() and torch._C._functorch.is_functorch_wrapped_tensor(x)
 
 #: :data:`dropkit.kernels.cpu.DTYPES`, without importing numba.
 _NUMBA_DTYPES = (torch.float32, torch.float64, torch.bfloat16)

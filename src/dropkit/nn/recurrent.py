@@ -798,7 +798,7 @@ class WeightDrop(nn.Module):
             weight = params[name]
             mask_dims = 1 if self.variational else -1
             spec = MaskSpec(seed, offset, F._threshold(p), scale, mask_dims=mask_dims)
-            masked[name] = F._MaskedAffineFn.apply(weight, spec, False)
+            masked[name] = F._apply_mask(weight, spec)
             offset += weight.shape[0] if self.variational and weight.dim() else weight.numel()
         return torch.func.functional_call(self.module, masked, args, kwargs, strict=False)
 
