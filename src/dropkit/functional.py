@@ -209,7 +209,8 @@ _threshold._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 _seed_override = None  # set by dropkit.consistent.frozen_masks: a callable giving the seed of the current site
-# set by dropkit.mc.predict: input -> (seed, Shard) placing this mask in the stream of MC samples, or None
+# set by dropkit.mc.predict: input -> (seed, first row) placing this mask in the stream of MC samples (its rows are
+# rows first.. of the T * N stacked rows of all samples), or None
 _sample_hook = None
 
 
@@ -240,12 +241,14 @@ def _spec(
         threshold, traced_p = -1, p  # p may be symbolic (a schedule changes it): the host op derives the threshold
     else:
         threshold, traced_p = _threshold(p), None
-    draw = None
     if seed is None and _sample_hook is not None and not isinstance(generator, rng.DeviceGenerator):
         draw = _sample_hook(input)  # MC samples stacked in the batch: this chunk's rows of one (seed, tensor)
+        if draw is not None:  # from row draw[1] of the T * N stacked rows: a run of global indices, an offset
+            k = input.dim() if mask_dims < 0 else mask_dims
+            offset = draw[1] * math.prod(input.shape[1:k]) if k > 0 else 0
+            return MaskSpec(draw[0], offset, threshold, scale, bias, fill, mask_dims, p=traced_p)
     shards: dict[int, tuple[int, int, int]] = {}
-    parts = rng.current_shards() + ((draw[1],) if draw is not None else ())
-    for part in parts:  # global element indices of a shard (dropkit.rng.shard); inner wins per dim
+    for part in rng.current_shards():  # global element indices of a shard (dropkit.rng.shard); inner wins per dim
         dim = _validate.shard_fits("shard", tuple(input.shape), part.dim, part.start, part.size)
         shards[dim] = (dim, part.start, part.size)
     shard = tuple(shards[d] for d in sorted(shards)) or None
@@ -257,8 +260,7 @@ def _spec(
         state = generator.draw(math.prod(shape))
         state = state.to(input.device)
         return MaskSpec(0, 0, threshold, scale, bias, fill, mask_dims, state=state, shard=shard, p=traced_p)
-    seed = draw[0] if draw is not None else _seed(seed, generator)
-    return MaskSpec(seed, 0, threshold, scale, bias, fill, mask_dims, shard=shard, p=traced_p)
+    return MaskSpec(_seed(seed, generator), 0, threshold, scale, bias, fill, mask_dims, shard=shard, p=traced_p)
 
 
 def _checked(

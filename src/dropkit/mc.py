@@ -363,14 +363,25 @@ class _SampleStreams:
 
     def __init__(self, seed: int, rows: int, samples: int) -> None:
         self.seed, self.rows, self.samples = seed, rows, samples
+        self.site_seeds: list[int] = []
         self.t0, self.t, self.site = 0, 1, 0
 
-    def _draw(self, x: torch.Tensor) -> tuple[int, rng.Shard] | None:
-        """The (seed, shard) of a mask spec whose input holds the chunk's stacked rows (``functional._spec``)."""
+    def _draw(self, x: torch.Tensor) -> tuple[int, int] | None:
+        """The seed of a mask whose input holds the chunk's stacked rows, and the global row its rows start at.
+
+        ``functional._spec`` reads the input's rows as rows ``t0 * N ..`` of the ``T * N`` rows of all samples
+        (what :func:`dropkit.rng.shard` on dimension 0 would say): its mask indices start at that row's.
+        """
         if rng.current_shards() or x.dim() == 0 or x.shape[0] != self.t * self.rows:
             return None  # not aligned: :meth:`_seed` gives this site a chunk-dependent seed
         site, self.site = self.site, self.site + 1
-        return _mix(self.seed, site), rng.Shard(0, self.t0 * self.rows, self.samples * self.rows)
+        return self._site_seed(site), self.t0 * self.rows
+
+    def _site_seed(self, site: int) -> int:
+        """:math:`s_k = \\mathrm{mix}(s, k)`, the same in every chunk: computed once per site."""
+        while len(self.site_seeds) <= site:
+            self.site_seeds.append(_mix(self.seed, len(self.site_seeds)))
+        return self.site_seeds[site]
 
     def _seed(self) -> int:
         """The seed of any other draw (``functional._seed``): independent across sites and chunks."""
@@ -388,7 +399,7 @@ class _SampleStreams:
         if p == 0.0:  # dropout returns its input and draws nothing
             blocks.copy_(h.unsqueeze(0).expand_as(blocks))
             return out
-        spec = MaskSpec(_mix(self.seed, self.site), 0, dkF._threshold(p), 0.0 if p == 1.0 else 1.0 / (1.0 - p))
+        spec = MaskSpec(self._site_seed(self.site), 0, dkF._threshold(p), 0.0 if p == 1.0 else 1.0 / (1.0 - p))
         self.site += 1
         h = h.contiguous()
         if kernels.select(h) == "numba" and kernels._numba_takes(h.dtype):  # all copies in one parallel launch
@@ -479,15 +490,10 @@ def _outermost_pure(module: nn.Module) -> list[nn.Module]:
     return list(dict.fromkeys(m for child in module.children() for m in _outermost_pure(child)))
 
 
-def _state(module: nn.Module) -> list[torch.Tensor]:
-    """The tensors a module's forward may read besides its arguments: parameters, buffers, tensor attributes."""
-    return [
-        t
-        for m in module.modules()
-        for d in (m._parameters, m._buffers, m.__dict__)
-        for t in d.values()
-        if isinstance(t, torch.Tensor)
-    ]
+def _holders(module: nn.Module) -> list[dict]:
+    """The dicts that hold the tensors a module's forward may read besides its arguments (parameters, buffers,
+    tensor attributes), of it and its submodules: :meth:`_Memo._state` reads them on every call."""
+    return [d for m in module.modules() for d in (m._parameters, m._buffers, m.__dict__)]
 
 
 class _Memo:
@@ -518,6 +524,7 @@ class _Memo:
         self.stable: dict[int, tuple[weakref.ref, int, torch.Tensor, int]] = {}
         #: key (module, *bases) -> [output, last forward that got it, the bases (weakly), the module's state]
         self.entries: dict[tuple[int, ...], list | bool] = {}
+        self.holders: dict[int, list[dict]] = {}  #: module id -> _holders(module), found once
         self.forwards = 0
         self.inside = 0  #: > 0 while a memoised layer computes on its bases
         self.h = self.add(h, h, 1)
@@ -547,10 +554,17 @@ class _Memo:
         """The output is unchanged, computed from these very bases, with the module's current weights and buffers."""
         if self._lookup(entry[0]) is None or any(ref() is not b for ref, b in zip(entry[2], bases, strict=True)):
             return False
-        state = _state(module)  # a wrapper may assign a new weight per call (WeightDrop) or edit one in place
+        state = self._state(module)  # a wrapper may assign a new weight per call (WeightDrop) or edit one in place
         if len(state) != len(entry[3]):
             return False
         return all(r() is t and t._version == v for (r, v), t in zip(entry[3], state, strict=True))
+
+    def _state(self, module: nn.Module) -> list[torch.Tensor]:
+        """The tensors ``module``'s forward may read besides its arguments, now (see :func:`_holders`)."""
+        holders = self.holders.get(id(module))
+        if holders is None:
+            holders = self.holders[id(module)] = _holders(module)
+        return [t for d in holders for t in d.values() if isinstance(t, torch.Tensor)]
 
     def _drop(self, key: tuple[int, ...]) -> None:
         """Forget a stale entry, its output's record and the entries computed from it (they would be kept alive)."""
@@ -583,7 +597,7 @@ class _Memo:
             if not isinstance(out, torch.Tensor):
                 self.entries[key] = False
                 return forward(*args) if times > 1 else out
-            state = [(weakref.ref(t), t._version) for t in _state(module)]
+            state = [(weakref.ref(t), t._version) for t in self._state(module)]
             entry = self.entries[key] = [self.add(out, out, 1), -1, [weakref.ref(b) for b in bases], state]
         out = entry[0]  # type: ignore[index]
         if times > 1:
@@ -693,7 +707,7 @@ def _store(result: torch.Tensor | None, out: torch.Tensor, start: int, samples: 
     """
     if result is None:
         result = out.new_empty((samples, *out.shape[1:]))
-    result[start : start + out.shape[0]] = out
+    result.narrow(0, start, out.shape[0]).copy_(out)
     return result
 
 
