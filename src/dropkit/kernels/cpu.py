@@ -400,9 +400,8 @@ def masked_affine(
         _launch(_rows_parallel, _rows_serial, x.numel(), *args)
 
 
-#: Outputs of at least this many bytes get huge pages (see :func:`advise_huge_pages`): glibc's largest ``mmap``
-#: threshold, above which every buffer is a fresh mapping. Smaller ones mostly come from reused heap memory.
-HUGE_PAGES_FROM = 1 << 25
+#: Outputs of at least this many bytes get huge pages when fresh (see :func:`advise_huge_pages`).
+HUGE_PAGES_FROM = 1 << 22
 _HUGE_PAGE = 1 << 21
 _MADV_HUGEPAGE = 14
 
@@ -438,17 +437,18 @@ def advise_huge_pages(t: torch.Tensor) -> torch.Tensor:
     torch's CPU allocator maps large buffers afresh (glibc serves anything above 32 MB with ``mmap``), so the
     first write faults in every 4 KB page: writing 200 MB that way costs about 4x the write itself. With
     ``madvise(MADV_HUGEPAGE)`` before that first write (what NumPy does for its large arrays, and torch with
-    ``THP_MEM_ALLOC_ENABLE=1``) the kernel faults 2 MB pages instead. Memory the allocator reuses (its first and
-    last pages already in memory, ``mincore``) is left alone: the advice would only split the heap's mapping, at
-    a cost comparable to the write of a few MB. A no-op below :data:`HUGE_PAGES_FROM` bytes, off Linux, or where
-    transparent huge pages are disabled; the contents are unaffected.
+    ``THP_MEM_ALLOC_ENABLE=1``) the kernel faults 2 MB pages instead. Memory the allocator reuses (the span's
+    last page already in memory, ``mincore``: a heap trimmed from the top loses its last pages first) is left
+    alone: there the advice would only split the heap's mapping, which costs about as much as writing a few MB.
+    A no-op below :data:`HUGE_PAGES_FROM` bytes, off Linux, or where transparent huge pages are disabled; the
+    contents are unaffected.
     """
     nbytes = t.numel() * t.element_size()
     if _MADVISE is None or nbytes < HUGE_PAGES_FROM or t.device.type != "cpu":
         return t
     ptr = t.data_ptr()
     start, end = -(-ptr // _HUGE_PAGE) * _HUGE_PAGE, (ptr + nbytes) // _HUGE_PAGE * _HUGE_PAGE
-    if end > start and not (_resident(start) and _resident(end - _PAGE)):
+    if end > start and not _resident(end - _PAGE):
         _MADVISE(start, end - start, _MADV_HUGEPAGE)  # advice only: failures (EINVAL on old kernels) are ignored
     return t
 
