@@ -378,7 +378,7 @@ class _SampleStreams:
         return self._site_seed(site), self.t0 * self.rows
 
     def _site_seed(self, site: int) -> int:
-        """:math:`s_k = \\mathrm{mix}(s, k)`, the same in every chunk: computed once per site."""
+        r""":math:`s_k = \mathrm{mix}(s, k)`, the same in every chunk: computed once per site."""
         while len(self.site_seeds) <= site:
             self.site_seeds.append(_mix(self.seed, len(self.site_seeds)))
         return self.site_seeds[site]
@@ -491,8 +491,10 @@ def _outermost_pure(module: nn.Module) -> list[nn.Module]:
 
 
 def _holders(module: nn.Module) -> list[dict]:
-    """The dicts that hold the tensors a module's forward may read besides its arguments (parameters, buffers,
-    tensor attributes), of it and its submodules: :meth:`_Memo._state` reads them on every call."""
+    """The dicts of ``module`` and its submodules that hold what a forward reads besides its arguments.
+
+    Parameters, buffers and tensor attributes; :meth:`_Memo._state` reads them on every call.
+    """
     return [d for m in module.modules() for d in (m._parameters, m._buffers, m.__dict__)]
 
 
