@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import importlib
 import math
 import os
 from collections.abc import Iterator
@@ -80,20 +81,11 @@ def backend() -> str:
         if choice == "triton" and os.environ.get("TRITON_INTERPRET") != "1":
             raise RuntimeError("triton backend on CPU tensors needs Triton's interpreter: set TRITON_INTERPRET=1.")
         return choice
-    if not _numba_importable():
+    if not _importable("cpu"):
         if choice == "numba":
             raise RuntimeError("numba backend requested but numba is not installed (pip install numba).")
         return "reference"
     return "numba"
-
-
-@functools.lru_cache(maxsize=1)
-def _numba_importable() -> bool:
-    try:
-        from . import cpu  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 @contextlib.contextmanager
@@ -112,10 +104,11 @@ def use_backend(name: str) -> Iterator[None]:
         _forced = previous
 
 
-@functools.lru_cache(maxsize=1)
-def _triton_importable() -> bool:
+@functools.cache
+def _importable(module: str) -> bool:
+    """Whether ``dropkit.kernels.<module>`` (``cpu``: numba's kernels; ``triton``) imports; checked once."""
     try:
-        from . import triton  # noqa: F401
+        importlib.import_module(f"{__name__}.{module}")
     except ImportError:
         return False
     return True
@@ -130,7 +123,7 @@ def _select(device: torch.device, dtype: torch.dtype) -> str:
     choice = backend()
     if device.type == "cpu" and choice != "triton":
         return choice
-    if device.type in ("cuda", "cpu") and choice != "reference" and _triton_importable():
+    if device.type in ("cuda", "cpu") and choice != "reference" and _importable("triton"):
         from . import triton
 
         if dtype in triton.DTYPES:
