@@ -150,10 +150,13 @@ def test_channel_dropout_gradient_zeroes_whole_channels():
 
 
 @pytest.mark.parametrize(("fn", "shape"), GRAD_OPS)
-def test_forward_mode_gradcheck(fn, shape):
-    """Forward-mode AD (``torch.autograd.forward_ad``), as torch's dropout OpInfos check (supports_forward_ad)."""
+def test_gradcheck_as_torch_opinfos_run_it(fn, shape):
+    """The checks torch's dropout OpInfos enable: forward-mode AD (``supports_forward_ad``), forward-over-reverse
+    (``supports_fwgrad_bwgrad``) and batched gradients (``check_batched_grad``: vmap over the backward)."""
     x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda t: fn(t, seed=5), (x,), check_forward_ad=True)
+    op = lambda t: fn(t, seed=5)  # noqa: E731
+    assert torch.autograd.gradcheck(op, (x,), check_forward_ad=True, check_batched_grad=True)
+    assert torch.autograd.gradgradcheck(op, (x,), check_fwd_over_rev=True, check_batched_grad=True)
 
 
 @pytest.mark.parametrize(("fn", "shape"), GRAD_OPS)
