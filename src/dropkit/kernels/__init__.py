@@ -272,11 +272,13 @@ def _wrapped(x: torch.Tensor) -> bool:
     """Whether ``x`` has no storage of its own, so torch ops only: a torch.func transform's wrapper or a batched grad.
 
     Batched gradients come from ``torch.autograd.grad(..., is_grads_batched=True)`` (gradcheck's
-    ``check_batched_grad``). False while torch traces (the check first, so dynamo never sees the pybind functions, which it cannot trace).
+    ``check_batched_grad``). False while torch traces: that check comes first, so dynamo never sees the pybind
+    functions, which it cannot trace.
     """
     return not torch.compiler.is_compiling() and (
         torch._C._functorch.is_functorch_wrapped_tensor(x) or torch._C._functorch.is_legacy_batchedtensor(x)
     )
+
 
 #: :data:`dropkit.kernels.cpu.DTYPES`, without importing numba.
 _NUMBA_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
