@@ -197,9 +197,11 @@ def _vm_flags(address: int) -> list[str]:
 
 
 def test_large_outputs_are_advised_huge_pages_and_values_unchanged():
+    import mmap
     import sys
 
-    big = torch.empty(1 << 24)  # 64 MB of float32: above glibc's largest mmap threshold, so a fresh mapping
+    region = mmap.mmap(-1, 1 << 26)  # 64 MB, a fresh mapping (as glibc gives buffers above its mmap threshold)
+    big = torch.frombuffer(region, dtype=torch.float32)
     middle = big.data_ptr() + big.numel() * 2
     if sys.platform.startswith("linux"):
         assert "hg" not in _vm_flags(middle)  # torch itself does not advise (unless THP_MEM_ALLOC_ENABLE is set)
@@ -219,15 +221,22 @@ def test_large_outputs_are_advised_huge_pages_and_values_unchanged():
 
 
 @pytest.mark.skipif(not cpu._MADVISE, reason="madvise and mincore are Linux calls")
-def test_memory_already_written_is_not_advised():
+def test_memory_already_written_is_not_advised(monkeypatch):
     """A buffer the allocator reuses (its pages in memory) keeps its mapping: the advice would only split it."""
-    big = torch.ones(1 << 24)  # written: every page resident
-    middle = big.data_ptr() + big.numel() * 2
-    assert cpu._resident(middle // cpu._PAGE * cpu._PAGE)
-    assert cpu.advise_huge_pages(big) is big
-    assert "hg" not in _vm_flags(middle)
-    fresh = torch.empty(1 << 24)
-    assert not cpu._resident((fresh.data_ptr() + fresh.numel() * 2) // cpu._PAGE * cpu._PAGE)
+    import mmap
+
+    calls = []
+    monkeypatch.setattr(cpu, "_MADVISE", lambda *args: calls.append(args) or 0)
+    region = mmap.mmap(-1, 1 << 26)  # a fresh anonymous mapping, whatever the allocator does: nothing resident
+    fresh = torch.frombuffer(region, dtype=torch.float32)
+    assert cpu.advise_huge_pages(fresh) is fresh
+    assert len(calls) == 1  # fresh: advised
+    fresh.fill_(1.0)  # written: every page resident, as in a buffer the allocator hands out again
+    assert cpu._resident(fresh.data_ptr() + fresh.numel() * 4 - cpu._PAGE)
+    assert cpu.advise_huge_pages(fresh) is fresh
+    assert len(calls) == 1  # resident: left alone
+    del fresh
+    region.close()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])

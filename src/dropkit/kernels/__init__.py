@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import importlib
 import math
 import os
 from collections.abc import Iterator
@@ -106,9 +105,15 @@ def use_backend(name: str) -> Iterator[None]:
 
 @functools.cache
 def _importable(module: str) -> bool:
-    """Whether ``dropkit.kernels.<module>`` (``cpu``: numba's kernels; ``triton``) imports; checked once."""
+    """Whether ``dropkit.kernels.<module>`` (``cpu``: numba's kernels; ``triton``) imports; checked once.
+
+    Import statements, not ``importlib``: dynamo traces these, and refuses ``importlib`` calls.
+    """
     try:
-        importlib.import_module(f"{__name__}.{module}")
+        if module == "cpu":
+            from . import cpu  # noqa: F401
+        else:
+            from . import triton  # noqa: F401
     except ImportError:
         return False
     return True
