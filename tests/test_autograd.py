@@ -10,6 +10,7 @@ from torch.utils.checkpoint import checkpoint
 
 import dropkit.nn as dnn
 from dropkit import functional as F
+from dropkit import rng
 
 GRAD_OPS = [
     pytest.param(lambda x, **k: F.dropout(x, 0.4, **k), (7, 5), id="dropout"),
@@ -259,3 +260,101 @@ def test_inplace_without_grad_still_bumps_the_version_counter():
     with torch.no_grad():
         assert F.dropout(x, 0.5, seed=1, inplace=True) is x
     assert x._version > before
+
+
+LINEAR_OPS = ("dropout", "dropout1d", "gaussian_dropout")  #: y = m ⊙ x: Jacobian-vector products give y / x
+
+
+@pytest.mark.parametrize("fn", VMAP_OPS)
+def test_vmap_of_forward_mode_gives_each_slice_its_own_mask(fn, request):
+    """Tangents under ``vmap(randomness="different")`` follow each slice's mask, as the primal does."""
+    x = torch.randn(4, 3, 5, dtype=torch.float64)
+    primal, tangent = torch.vmap(lambda a, b: torch.func.jvp(fn, (a,), (b,)), randomness="different")(
+        x, torch.ones_like(x)
+    )
+    torch.testing.assert_close(primal, fn(x), rtol=0, atol=0)
+    jac_fwd = torch.vmap(torch.func.jacfwd(fn), randomness="different")(x)
+    jac_rev = torch.vmap(torch.func.jacrev(fn), randomness="different")(x)
+    torch.testing.assert_close(jac_fwd, jac_rev)
+    if request.node.callspec.id in LINEAR_OPS:
+        torch.testing.assert_close(torch.einsum("bijkl,bkl->bij", jac_rev, x), primal)
+        torch.testing.assert_close(tangent * x, primal)
+
+
+@pytest.mark.parametrize("fn", VMAP_OPS)
+def test_per_sample_gradients_under_vmap_different(fn):
+    x = torch.randn(5, 3, 6, dtype=torch.float64)
+    grads = torch.vmap(torch.func.grad(lambda a: fn(a).sum()), randomness="different")(x)
+    for i in range(5):  # slice i's gradient is the gradient of row i of the whole-batch call
+        leaf = x.clone().requires_grad_()
+        fn(leaf)[i].sum().backward()
+        torch.testing.assert_close(grads[i], leaf.grad[i])
+
+
+@pytest.mark.parametrize("fn", VMAP_OPS)
+@pytest.mark.parametrize(("outer", "inner"), [("same", "different"), ("different", "same"), ("different", "different")])
+def test_nested_vmap_applies_each_levels_randomness(fn, outer, inner):
+    x = torch.ones(3, 4, 2, 16)
+    y = torch.vmap(torch.vmap(fn, randomness=inner), randomness=outer)(x)
+    assert (not torch.equal(y[0], y[1])) == (outer == "different")
+    assert (not torch.equal(y[:, 0], y[:, 1])) == (inner == "different")
+
+
+def test_unseeded_calls_under_vmap_draw_per_call_and_per_slice():
+    """torch's dropout works unseeded under vmap "same" and "different" (model ensembling, per-sample grads)."""
+    x = torch.ones(3, 64)
+    torch.manual_seed(0)
+    different = torch.vmap(lambda a: F.dropout(a, 0.5), randomness="different")(x)
+    assert not torch.equal(different[0], different[1])
+    same = torch.vmap(lambda a: F.dropout(a, 0.5), randomness="same")(x)
+    assert torch.equal(same[0], same[1]) and torch.equal(same[0], same[2])
+    grads = torch.vmap(torch.func.grad(lambda a: F.dropout(a, 0.5).sum()), randomness="different")(x)
+    assert not torch.equal(grads[0], grads[1])
+    torch.manual_seed(3)  # under torch.func.grad alone the draws are eager's: the same masks
+    via_func = torch.func.grad(lambda a: F.dropout(a, 0.5).sum())(x[0])
+    torch.manual_seed(3)
+    leaf = x[0].clone().requires_grad_()
+    F.dropout(leaf, 0.5).sum().backward()
+    assert torch.equal(via_func, leaf.grad)
+
+
+@pytest.mark.parametrize("fn", [
+    pytest.param(lambda a: F.dropout(a * 1, 0.5, seed=1, inplace=True), id="dropout"),
+    pytest.param(lambda a: F.gaussian_dropout(a * 1, 0.5, seed=1, inplace=True), id="gaussian_dropout"),
+    pytest.param(lambda a: F.gaussian_noise(a * 1, 0.5, seed=1, inplace=True), id="gaussian_noise"),
+])
+@pytest.mark.parametrize("randomness", ["same", "different"])
+def test_inplace_calls_under_vmap_of_grad(fn, randomness):
+    """Slice i's gradient is that of the unbatched call ("same") or of row i of the whole-batch call ("different")."""
+    x = torch.randn(3, 4, dtype=torch.float64)
+    grads = torch.vmap(torch.func.grad(lambda a: fn(a).square().sum()), randomness=randomness)(x)
+    for i in range(3):
+        if randomness == "same":
+            leaf = x[i].clone().requires_grad_()
+            expected = torch.autograd.grad(fn(leaf).square().sum(), leaf)[0]
+        else:
+            leaf = x.clone().requires_grad_()
+            expected = torch.autograd.grad(fn(leaf)[i].square().sum(), leaf)[0][i]
+        torch.testing.assert_close(grads[i], expected)
+
+
+def test_device_generator_under_vmap_different_is_refused():
+    g = rng.DeviceGenerator(7, device="cpu")
+    with pytest.raises(NotImplementedError, match="DeviceGenerator"):
+        torch.vmap(lambda a: F.dropout(a, 0.5, generator=g), randomness="different")(torch.ones(4, 8))
+    same = torch.vmap(lambda a: F.dropout(a, 0.5, generator=g), randomness="same")(torch.ones(4, 8))
+    assert torch.equal(same[0], same[3])
+
+
+@pytest.mark.parametrize("op", [
+    pytest.param(lambda t: F.dropout(t, 0.5, seed=1, inplace=True), id="dropout"),
+    pytest.param(lambda t: F.gaussian_noise(t, 0.5, seed=1, inplace=True), id="gaussian_noise"),
+])
+def test_inplace_without_grad_returns_the_input_and_refuses_inference_tensors_outside(op):
+    x = torch.randn(6, 6, requires_grad=True)
+    with torch.no_grad():
+        assert op(x) is x  # as torch: the input itself, also when it requires grad
+    with torch.inference_mode():
+        frozen = torch.randn(6, 6)
+    with pytest.raises(RuntimeError, match="inference tensor outside InferenceMode"):
+        op(frozen)

@@ -226,3 +226,15 @@ def test_onnx_export_of_an_eval_model_drops_dropout(tmp_path):
     assert not {op for op in ops if "ropout" in op or "dropkit" in op.lower()}, ops
     (out,) = ReferenceEvaluator(onnx.load(str(path))).run(None, {graph.input[0].name: x.numpy()})
     torch.testing.assert_close(torch.from_numpy(out), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_compiling_a_dropkit_model_warns_nothing():
+    """dynamo warns on calls to functools-cached functions and refuses importlib: the dispatch uses neither."""
+    import warnings
+
+    torch._dynamo.reset()
+    model = nn.Sequential(nn.Linear(8, 8), dnn.Dropout(0.3), dnn.AlphaDropout(0.2), nn.Linear(8, 2)).train()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.compile(model, fullgraph=True)(torch.randn(4, 8)).sum().backward()
+    assert [str(w.message) for w in caught if "dropkit" in str(w.message) or "cache" in str(w.message)] == []

@@ -65,8 +65,8 @@ class _MaskedAffineFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
-        # itself a masked linear map: differentiable when a graph of the backward is being built (double
-        # backward), straight to the kernel otherwise
+        # itself a masked linear map: differentiable (and vmappable) when a graph of the backward is being built
+        # (double backward, torch.func), straight to the kernel otherwise
         if torch.is_grad_enabled():
             return _apply_mask(grad, ctx.spec.linear()), None, None
         return kernels.apply(grad, ctx.spec.linear()), None, None
@@ -81,9 +81,9 @@ class _MaskedAffineTransformFn(_MaskedAffineFn):
 
     @staticmethod
     def jvp(ctx, tangent: torch.Tensor, *_: None) -> torch.Tensor:  # type: ignore[override]
-        # the same masked linear map; an in-place call edits its tangent in place too (copy_: autograd checks
-        # the version counter, which the kernel's raw write does not bump)
-        y = kernels.apply(tangent, ctx.spec.linear())
+        # the same masked linear map, through the dispatch so that a vmapped tangent gets each slice's mask; an
+        # in-place call edits its tangent in place too
+        y = _apply_mask(tangent, ctx.spec.linear())
         return tangent.copy_(y) if ctx.inplace else y
 
     @staticmethod
@@ -91,33 +91,55 @@ class _MaskedAffineTransformFn(_MaskedAffineFn):
         """``torch.vmap`` rule: ``randomness="different"`` draws each slice its own mask, otherwise one mask for all.
 
         ``"different"`` gives the masks of one call on the whole batch; ``"same"`` (and the vmapped backward of
-        ``torch.func.jacrev``) gives every slice the one mask of ``spec``.
+        ``torch.func.jacrev``) gives every slice the one mask of ``spec``. Calls back into the dispatch, so
+        enclosing vmaps apply their own rule.
         """
         if in_dims[0] is None:
             return _apply_mask(x, spec, inplace), None
-        x = x.movedim(in_dims[0], 0)  # (B, *shape)
-        k = x.dim() - 1 if spec.mask_dims < 0 else spec.mask_dims
+        batched = x.movedim(in_dims[0], 0)  # (B, *shape)
+        k = batched.dim() - 1 if spec.mask_dims < 0 else spec.mask_dims
         if info.randomness == "different":  # the mask covers B too: B leads the mask's flat index
+            if spec.state is not None:
+                raise NotImplementedError(
+                    "dropkit: a DeviceGenerator under torch.vmap(randomness='different') would give the slices "
+                    "overlapping masks (it advanced by one slice's mask); pass seed= or a torch.Generator, or use "
+                    "randomness='same'."
+                )
             shard = tuple((d + 1, start, size) for d, start, size in spec.shard) if spec.shard else None
             spec = dataclasses.replace(spec, mask_dims=-1 if spec.mask_dims < 0 else k + 1, shard=shard)
-            return _apply_mask(x, spec, inplace), 0
-        y = _apply_mask(x.movedim(0, k), dataclasses.replace(spec, mask_dims=k), inplace)
-        return y.movedim(k, 0), 0  # B after the mask's dimensions: the mask broadcasts over it
+            y = _apply_mask(batched, spec, inplace)
+        else:  # B after the mask's dimensions: the mask broadcasts over it
+            y = _apply_mask(batched.movedim(0, k), dataclasses.replace(spec, mask_dims=k), inplace).movedim(k, 0)
+        return (x, in_dims[0]) if inplace else (y, 0)  # in place: the input object itself, as mark_dirty requires
 
 
 def _apply_mask(input: torch.Tensor, spec: MaskSpec, inplace: bool = False) -> torch.Tensor:
     """Return ``input`` under ``spec`` (written into ``input`` when ``inplace``), differentiable when needed.
 
     Through an autograd Function when ``torch.compile``, a ``torch.func`` transform, forward-mode AD or autograd
-    may see the call, or it edits in place (the Function bumps the version counter); straight to the kernel
-    otherwise: inference skips the Function's bookkeeping, about a third of a mid-size CPU call's time.
+    may see the call; straight to the kernel otherwise: inference skips the Function's bookkeeping, about a third
+    of a mid-size CPU call's time (an in-place call then bumps the version counter itself).
     """
     inplace = bool(inplace)
     if _transforming():
         return _MaskedAffineTransformFn.apply(input, spec, inplace)
-    if inplace or torch.compiler.is_compiling() or (input.requires_grad and torch.is_grad_enabled()):
+    if torch.compiler.is_compiling() or (input.requires_grad and torch.is_grad_enabled()):
         return _MaskedAffineFn.apply(input, spec, inplace)
+    if inplace:
+        _check_inplace(input)
+        kernels.apply(input, spec, out=input)
+        torch.autograd.graph.increment_version(input)  # the kernel's raw write does not
+        return input
     return kernels.apply(input, spec)
+
+
+def _check_inplace(input: torch.Tensor) -> None:
+    """Refuse what torch refuses of an in-place op outside autograd: editing an inference tensor outside it."""
+    if input.is_inference() and not torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            "Inplace update to inference tensor outside InferenceMode is not allowed. You can make a clone to get "
+            "a normal tensor before doing inplace update. See https://github.com/pytorch/rfcs/pull/17 for more details."
+        )
 
 
 def _transforming() -> bool:
@@ -128,22 +150,28 @@ def _transforming() -> bool:
 
 
 class _GaussianFn(torch.autograd.Function):
-    """``y = x · (1 + σ z)`` (``multiply``) or ``y = x + σ z``, ``z ~ N(0, 1)`` from the seed (again in backward)."""
+    """``y = x · (1 + σ z)`` (``multiply``) or ``y = x + σ z``, ``z ~ N(0, 1)`` from the seed (again in backward).
+
+    ``z`` covers the leading ``noise_dims`` dimensions of ``x`` (``-1``: all) and broadcasts over the others.
+    """
 
     @staticmethod
-    def forward(x: torch.Tensor, seed: int, sigma: float, multiply: bool, inplace: bool) -> torch.Tensor:  # type: ignore
-        y = _gaussian(x, seed, sigma, multiply)
+    def forward(x, seed: int, sigma: float, multiply: bool, inplace: bool, noise_dims: int):  # type: ignore[override]
+        y = _gaussian(x, seed, sigma, multiply, noise_dims)
         return x.copy_(y) if inplace else y
 
     @staticmethod
     def setup_context(ctx, inputs: tuple, output: torch.Tensor) -> None:
-        x, ctx.seed, ctx.sigma, ctx.multiply, ctx.inplace = inputs
+        x, ctx.seed, ctx.sigma, ctx.multiply, ctx.inplace, ctx.noise_dims = inputs
         if ctx.inplace:
             ctx.mark_dirty(x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        return (_gaussian(grad, ctx.seed, ctx.sigma, True) if ctx.multiply else grad), None, None, None, None
+        if ctx.multiply:  # the same multiplication; through the dispatch when a graph of it is being built
+            args = (grad, ctx.seed, ctx.sigma, True)
+            grad = _noise(*args, False, ctx.noise_dims) if torch.is_grad_enabled() else _gaussian(*args, ctx.noise_dims)
+        return grad, None, None, None, None, None
 
 
 class _GaussianTransformFn(_GaussianFn):
@@ -151,37 +179,51 @@ class _GaussianTransformFn(_GaussianFn):
 
     @staticmethod
     def jvp(ctx, tangent: torch.Tensor, *_: None) -> torch.Tensor:  # type: ignore[override]
-        y = _gaussian(tangent, ctx.seed, ctx.sigma, True) if ctx.multiply else tangent
-        return tangent.copy_(y) if ctx.inplace else (y if ctx.multiply else y.clone())
+        if not ctx.multiply:  # additive noise: the tangent passes through (in place: marked as written, as checked)
+            return torch.autograd.graph.increment_version(tangent) or tangent if ctx.inplace else tangent.clone()
+        y = _noise(tangent, ctx.seed, ctx.sigma, True, False, ctx.noise_dims)
+        return tangent.copy_(y) if ctx.inplace else y
 
     @staticmethod
-    def vmap(info, in_dims: tuple, x: torch.Tensor, seed: int, sigma: float, multiply: bool, inplace: bool):
+    def vmap(info, in_dims: tuple, x, seed: int, sigma: float, multiply: bool, inplace: bool, noise_dims: int):
         if in_dims[0] is None:
-            return _GaussianTransformFn.apply(x, seed, sigma, multiply, inplace), None
-        x = x.movedim(in_dims[0], 0)  # (B, *shape): "different" draws noise over it all, "same" over one slice
-        y = _gaussian(x, seed, sigma, multiply, x.shape if info.randomness == "different" else x.shape[1:])
-        return (x.copy_(y) if inplace else y), 0
+            return _noise(x, seed, sigma, multiply, inplace, noise_dims), None
+        batched = x.movedim(in_dims[0], 0)  # (B, *shape): as the masked rule, with noise_dims for mask_dims
+        k = batched.dim() - 1 if noise_dims < 0 else noise_dims
+        if info.randomness == "different":
+            y = _noise(batched, seed, sigma, multiply, inplace, -1 if noise_dims < 0 else k + 1)
+        else:
+            y = _noise(batched.movedim(0, k), seed, sigma, multiply, inplace, k).movedim(k, 0)
+        return (x, in_dims[0]) if inplace else (y, 0)
 
 
-def _gaussian(
-    x: torch.Tensor, seed: int, sigma: float, multiply: bool, shape: tuple[int, ...] | None = None
-) -> torch.Tensor:
+def _gaussian(x: torch.Tensor, seed: int, sigma: float, multiply: bool, noise_dims: int = -1) -> torch.Tensor:
     """``x · (1 + σ z)`` (computed in float32 or wider) or ``x + σ z``, ``z ~ N(0, 1)`` drawn from ``seed``.
 
-    ``z`` has ``shape`` (default ``x.shape``), broadcast over ``x``.
+    ``z`` covers the leading ``noise_dims`` dimensions of ``x`` (``-1``: all) and broadcasts over the rest.
     """
+    k = x.dim() if noise_dims < 0 else noise_dims
     with torch._C._DisableFuncTorch() if kernels._wrapped(x) else contextlib.nullcontext():  # a plain draw
-        noise = rng.normal(x.shape if shape is None else shape, seed, device=x.device).mul_(sigma)
+        noise = rng.normal(x.shape[:k], seed, device=x.device).mul_(sigma)
         if multiply:
             noise.add_(1.0)
+    noise = noise.reshape(x.shape[:k] + (1,) * (x.dim() - k))
     if not multiply:
         return x + noise.to(x.dtype)
     opmath = torch.float32 if x.dtype in (torch.float16, torch.bfloat16, torch.float32) else x.dtype
     return (x.to(opmath) * noise.to(opmath)).to(x.dtype)
 
 
-def _noise(input: torch.Tensor, seed: int, sigma: float, multiply: bool, inplace: bool) -> torch.Tensor:
-    return (_GaussianTransformFn if _transforming() else _GaussianFn).apply(input, seed, sigma, multiply, inplace)
+def _noise(
+    input: torch.Tensor, seed: int, sigma: float, multiply: bool, inplace: bool, noise_dims: int = -1
+) -> torch.Tensor:
+    """The dispatch of :class:`_GaussianFn`, as :func:`_apply_mask` for the masked ops."""
+    if _transforming():
+        return _GaussianTransformFn.apply(input, seed, sigma, multiply, inplace, noise_dims)
+    if torch.compiler.is_compiling() or (input.requires_grad and torch.is_grad_enabled()):
+        return _GaussianFn.apply(input, seed, sigma, multiply, inplace, noise_dims)
+    y = _gaussian(input, seed, sigma, multiply, noise_dims)
+    return input.copy_(y) if inplace else y
 
 
 _forced_training = False

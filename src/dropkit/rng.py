@@ -314,7 +314,23 @@ def draw_seed(generator: torch.Generator | None = None) -> int:
         True
     """
     device = generator.device if generator is not None else "cpu"
-    return int(torch.randint(0, 2**63 - 1, (), generator=generator, device=device))
+    seed = torch.randint(0, 2**63 - 1, (), generator=generator, device=device)  # raises in vmap's "error" mode
+    if torch._C._functorch.is_batchedtensor(seed) or (
+        torch._C._are_functorch_transforms_active() and _batched_below(seed)
+    ):  # torch.vmap(randomness="different"): one plain seed for the call; the ops' vmap rules give slices their masks
+        with torch._C._DisableFuncTorch():
+            seed = torch.randint(0, 2**63 - 1, (), generator=generator, device=device)
+    return int(seed)
+
+
+def _batched_below(t: torch.Tensor) -> bool:
+    """Whether a torch.func wrapper (``grad``, ``jvp``) holds a vmap-batched tensor somewhere inside."""
+    functorch = torch._C._functorch
+    while functorch.is_functorch_wrapped_tensor(t):
+        if functorch.is_batchedtensor(t):
+            return True
+        t = functorch.get_unwrapped(t)
+    return False
 
 
 class DeviceGenerator:

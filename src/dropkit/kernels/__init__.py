@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import math
 import os
 from collections.abc import Iterator
@@ -103,20 +102,27 @@ def use_backend(name: str) -> Iterator[None]:
         _forced = previous
 
 
-@functools.cache
+_imports: dict[str, bool] = {}
+
+
 def _importable(module: str) -> bool:
     """Whether ``dropkit.kernels.<module>`` (``cpu``: numba's kernels; ``triton``) imports; checked once.
 
-    Import statements, not ``importlib``: dynamo traces these, and refuses ``importlib`` calls.
+    A plain dict and import statements, not ``functools.cache`` and ``importlib``: dynamo traces this function,
+    warns on cached functions and refuses ``importlib`` calls.
     """
-    try:
-        if module == "cpu":
-            from . import cpu  # noqa: F401
-        else:
-            from . import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    known = _imports.get(module)
+    if known is None:
+        try:
+            if module == "cpu":
+                from . import cpu  # noqa: F401
+            else:
+                from . import triton  # noqa: F401
+            known = True
+        except ImportError:
+            known = False
+        _imports[module] = known
+    return known
 
 
 def select(x: torch.Tensor) -> str:
