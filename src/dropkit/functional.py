@@ -15,6 +15,11 @@ defaults, shapes and eval behaviour; extras are keyword-only:
 One rule everywhere: a dropped element is exactly its fill value (0 for dropout) whatever its input,
 NaN and inf included; ``p = 1`` gives exact zeros and zero gradients; eval (and ``p = 0``) returns the
 input itself.
+
+Differentiation: reverse mode (double backward included), forward mode (``torch.autograd.forward_ad``) and
+``torch.func`` (``grad``, ``jvp``, ``jacrev``, ``jacfwd``, ``vmap`` with ``randomness="same"`` / ``"different"``)
+for the dropout, alpha, Gaussian, DropPath and DropConnect ops. A call nothing can differentiate (inference)
+skips the autograd Function and runs the kernel directly.
 """
 
 from __future__ import annotations
