@@ -300,6 +300,26 @@ def test_nested_vmap_applies_each_levels_randomness(fn, outer, inner):
     assert (not torch.equal(y[:, 0], y[:, 1])) == (inner == "different")
 
 
+@pytest.mark.parametrize("fn", [
+    pytest.param(lambda t: F.dropout(t, 0.5), id="dropout"),
+    pytest.param(lambda t: F.alpha_dropout(t, 0.5, True), id="alpha_dropout"),
+    pytest.param(lambda t: F.gaussian_dropout(t, 0.5), id="gaussian_dropout"),
+    pytest.param(lambda t: F.gaussian_noise(t, 0.5), id="gaussian_noise"),
+])
+def test_unseeded_vmap_matches_eager_under_the_same_manual_seed(fn):
+    """functorch's randomness contract (its test_vmap checks torch's random ops so): under one manual_seed,
+    "different" equals the eager call on the whole batch and "same" the eager call on one slice."""
+    x = torch.randn(4, 32)
+    torch.manual_seed(7)
+    different = torch.vmap(fn, randomness="different")(x)
+    torch.manual_seed(7)
+    torch.testing.assert_close(different, fn(x), rtol=0, atol=0)
+    torch.manual_seed(7)
+    same = torch.vmap(fn, randomness="same")(torch.ones(4, 32))
+    torch.manual_seed(7)
+    torch.testing.assert_close(same, fn(torch.ones(32)).expand(4, 32), rtol=0, atol=0)
+
+
 def test_unseeded_calls_under_vmap_draw_per_call_and_per_slice():
     """torch's dropout works unseeded under vmap "same" and "different" (model ensembling, per-sample grads)."""
     x = torch.ones(3, 64)

@@ -314,23 +314,21 @@ def draw_seed(generator: torch.Generator | None = None) -> int:
         True
     """
     device = generator.device if generator is not None else "cpu"
-    seed = torch.randint(0, 2**63 - 1, (), generator=generator, device=device)  # raises in vmap's "error" mode
-    if torch._C._functorch.is_batchedtensor(seed) or (
-        torch._C._are_functorch_transforms_active() and _batched_below(seed)
-    ):  # torch.vmap(randomness="different"): one plain seed for the call; the ops' vmap rules give slices their masks
-        with torch._C._DisableFuncTorch():
-            seed = torch.randint(0, 2**63 - 1, (), generator=generator, device=device)
-    return int(seed)
+    if _vmap_randomness() & {"different", "error"} == {"different"}:
+        with torch._C._DisableFuncTorch():  # one plain draw, as the call on the whole batch makes: the ops' vmap
+            return int(torch.randint(0, 2**63 - 1, (), generator=generator, device=device))  # rules do the rest
+    return int(torch.randint(0, 2**63 - 1, (), generator=generator, device=device))  # raises in vmap's "error" mode
 
 
-def _batched_below(t: torch.Tensor) -> bool:
-    """Whether a torch.func wrapper (``grad``, ``jvp``) holds a vmap-batched tensor somewhere inside."""
-    functorch = torch._C._functorch
-    while functorch.is_functorch_wrapped_tensor(t):
-        if functorch.is_batchedtensor(t):
-            return True
-        t = functorch.get_unwrapped(t)
-    return False
+def _vmap_randomness() -> set[str]:
+    """The ``randomness`` of every ``torch.vmap`` level active now (empty outside vmap)."""
+    if not torch._C._are_functorch_transforms_active():
+        return set()
+    from torch._functorch.pyfunctorch import coerce_cinterpreter
+
+    vmap = torch._C._functorch.TransformType.Vmap
+    stack = torch._C._functorch.get_interpreter_stack() or ()
+    return {coerce_cinterpreter(level).randomness() for level in stack if level.key() == vmap}
 
 
 class DeviceGenerator:
