@@ -378,3 +378,35 @@ def test_inplace_without_grad_returns_the_input_and_refuses_inference_tensors_ou
         frozen = torch.randn(6, 6)
     with pytest.raises(RuntimeError, match="inference tensor outside InferenceMode"):
         op(frozen)
+
+
+def test_bias_dropout_add_under_torch_func_matches_the_fused_op():
+    x, residual = torch.randn(4, 6, dtype=torch.float64), torch.randn(4, 6, dtype=torch.float64)
+    bias = torch.randn(6, dtype=torch.float64)
+
+    def op(t):
+        return F.bias_dropout_add(t, bias, residual, 0.4, seed=2)
+
+    leaf = x.clone().requires_grad_()
+    (op(leaf) ** 2).sum().backward()
+    torch.testing.assert_close(torch.func.grad(lambda t: (op(t) ** 2).sum())(x), leaf.grad, rtol=0, atol=0)
+    torch.testing.assert_close(torch.func.jacfwd(op)(x), torch.func.jacrev(op)(x), rtol=0, atol=0)
+    rows = torch.vmap(lambda t, r: F.bias_dropout_add(t, bias, r, 0.4, seed=2), randomness="different")(x, residual)
+    torch.testing.assert_close(rows, op(x), rtol=0, atol=0)
+
+
+def test_drop_block_under_torch_func_matches_autograd_and_refuses_vmap_different():
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+
+    def op(t):
+        return F.drop_block2d(t, 0.3, 3, seed=5)
+
+    leaf = x.clone().requires_grad_()
+    (op(leaf) ** 2).sum().backward()
+    torch.testing.assert_close(torch.func.grad(lambda t: (op(t) ** 2).sum())(x), leaf.grad)
+    _, tangent = torch.func.jvp(op, (x,), (torch.ones_like(x),))
+    torch.testing.assert_close(tangent, op(torch.ones_like(x)))
+    same = torch.vmap(op, randomness="same")(x.unsqueeze(0).expand(3, *x.shape))
+    torch.testing.assert_close(same[2], op(x))
+    with pytest.raises(NotImplementedError, match="randomness='different'"):
+        torch.vmap(lambda t: F.drop_block2d(t, 0.3, 3), randomness="different")(x.unsqueeze(0).expand(3, *x.shape))

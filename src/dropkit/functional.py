@@ -18,7 +18,8 @@ input itself.
 
 Differentiation: reverse mode (double backward included), forward mode (``torch.autograd.forward_ad``) and
 ``torch.func`` (``grad``, ``jvp``, ``jacrev``, ``jacfwd``, ``vmap`` with ``randomness="same"`` / ``"different"``)
-for the dropout, alpha, Gaussian, DropPath and DropConnect ops. A call nothing can differentiate (inference)
+for the dropout, alpha, Gaussian, bias-dropout-add, DropPath and DropConnect ops, and DropBlock but for
+``vmap(randomness="different")``. A call nothing can differentiate (inference)
 skips the autograd Function and runs the kernel directly.
 """
 
@@ -776,6 +777,8 @@ def bias_dropout_add(
     if not training or p == 0.0 or x.numel() == 0:
         return residual + (x if bias is None else x + bias)
     spec = _spec(x, seed, generator, p, 0.0 if p == 1.0 else 1.0 / (1.0 - p))
+    if _transforming():  # torch.func: composed, the masked op's rules do the rest (same values as the fused path)
+        return residual + _apply_mask(x if bias is None else x + bias, spec)
     return _BiasDropoutAddFn.apply(x.contiguous(), bias, residual.contiguous(), spec)
 
 
@@ -1769,7 +1772,8 @@ class _BlockDropFn(torch.autograd.Function):
 def _block_apply(x: torch.Tensor, spec: MaskSpec, block: tuple, inplace: bool) -> torch.Tensor:
     """Apply the block mask: ``block = (block_size, couple_channels, scale_by_keep, eps)``."""
     block_size, couple, scale_by_keep, eps = block
-    keep = _block_keep(spec, block_size, tuple(x.shape), couple, x.device)
+    with torch._C._DisableFuncTorch() if _transforming() else contextlib.nullcontext():  # a plain mask
+        keep = _block_keep(spec, block_size, tuple(x.shape), couple, x.device)
     if spec.scale == 0.0:  # p == 1: everything dropped
         keep = torch.zeros_like(keep)
     low = x.dtype in (torch.float16, torch.bfloat16)
@@ -1816,7 +1820,15 @@ def _drop_block(
         return input
     gamma = _block_gamma(p, block_size, tuple(input.shape[2:]))
     spec = MaskSpec(_seed(seed, generator), 0, _threshold(gamma), 0.0 if p == 1.0 else 1.0)
-    return _BlockDropFn.apply(input, spec, (block_size, couple_channels, scale_by_keep, eps), bool(inplace))
+    block = (block_size, couple_channels, scale_by_keep, eps)
+    if _transforming():  # torch.func: the same maths from torch ops, which the transforms differentiate and batch
+        if "different" in rng._vmap_randomness():
+            raise NotImplementedError(
+                f"{op}: torch.vmap(randomness='different') is not supported (every slice would get one block "
+                "mask); use randomness='same' or a loop over the slices."
+            )
+        return _block_apply(input, spec, block, bool(inplace))
+    return _BlockDropFn.apply(input, spec, block, bool(inplace))
 
 
 _DROP_BLOCK_DOC = r"""DropBlock: zero contiguous {what} of {layout} feature maps, then renormalise.
