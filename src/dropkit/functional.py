@@ -208,16 +208,19 @@ def _gaussian(x: torch.Tensor, seed: int, sigma: float, multiply: bool, noise_di
 
     ``z`` covers the leading ``noise_dims`` dimensions of ``x`` (``-1``: all) and broadcasts over the rest.
     """
-    k = x.dim() if noise_dims < 0 else noise_dims
-    with torch._C._DisableFuncTorch() if kernels._wrapped(x) else contextlib.nullcontext():  # a plain draw
-        noise = rng.normal(x.shape[:k], seed, device=x.device).mul_(sigma)
-        if multiply:
-            noise.add_(1.0)
-    noise = noise.reshape(x.shape[:k] + (1,) * (x.dim() - k))
+    noise = _gaussian_noise(x, seed, sigma, noise_dims)
     if not multiply:
         return x + noise.to(x.dtype)
     opmath = torch.float32 if x.dtype in (torch.float16, torch.bfloat16, torch.float32) else x.dtype
-    return (x.to(opmath) * noise.to(opmath)).to(x.dtype)
+    return (x.to(opmath) * (noise + 1.0).to(opmath)).to(x.dtype)
+
+
+def _gaussian_noise(x: torch.Tensor, seed: int, sigma: float, noise_dims: int = -1) -> torch.Tensor:
+    """``σ z`` in float32, shaped to broadcast over ``x`` (see :func:`_gaussian`); a plain tensor under torch.func."""
+    k = x.dim() if noise_dims < 0 else noise_dims
+    with torch._C._DisableFuncTorch() if kernels._wrapped(x) else contextlib.nullcontext():
+        noise = rng.normal(x.shape[:k], seed, device=x.device).mul_(sigma)
+    return noise.reshape(x.shape[:k] + (1,) * (x.dim() - k))
 
 
 def _noise(
@@ -226,6 +229,9 @@ def _noise(
     """The dispatch of :class:`_GaussianFn`, as :func:`_apply_mask` for the masked ops."""
     if _transforming():
         return _GaussianTransformFn.apply(input, seed, sigma, multiply, inplace, noise_dims)
+    if not multiply:  # x + σz: torch's own add, which autograd differentiates (and checks in place) as any add
+        noise = _gaussian_noise(input, seed, sigma, noise_dims).to(input.dtype)
+        return input.add_(noise) if inplace else input + noise
     if torch.compiler.is_compiling() or (input.requires_grad and torch.is_grad_enabled()):
         return _GaussianFn.apply(input, seed, sigma, multiply, inplace, noise_dims)
     y = _gaussian(input, seed, sigma, multiply, noise_dims)
