@@ -369,14 +369,15 @@ def test_device_generator_under_vmap_different_is_refused():
 @pytest.mark.parametrize("op", [
     pytest.param(lambda t: F.dropout(t, 0.5, seed=1, inplace=True), id="dropout"),
     pytest.param(lambda t: F.gaussian_noise(t, 0.5, seed=1, inplace=True), id="gaussian_noise"),
+    pytest.param(lambda t: F.drop_block2d(t, 0.5, 3, inplace=True, seed=1), id="drop_block2d"),
 ])
 def test_inplace_without_grad_returns_the_input_and_refuses_inference_tensors_outside(op):
-    x = torch.randn(6, 6, requires_grad=True)
+    x = torch.randn(2, 3, 6, 6, requires_grad=True)
     with torch.no_grad():
         assert op(x) is x  # as torch: the input itself, also when it requires grad
     with torch.inference_mode():
-        frozen = torch.randn(6, 6)
-    with pytest.raises(RuntimeError, match="inference tensor outside InferenceMode"):
+        frozen = torch.randn(2, 3, 6, 6)
+    with pytest.raises(RuntimeError, match="(?i)inference tensor outside InferenceMode"):
         op(frozen)
 
 

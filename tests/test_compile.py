@@ -238,3 +238,20 @@ def test_compiling_a_dropkit_model_warns_nothing():
         warnings.simplefilter("always")
         torch.compile(model, fullgraph=True)(torch.randn(4, 8)).sum().backward()
     assert [str(w.message) for w in caught if "dropkit" in str(w.message) or "cache" in str(w.message)] == []
+
+
+def test_drop_block_compiles_fullgraph_with_the_eager_blocks():
+    """Its seed rate and mask shapes are built from lists: dynamo refuses generator expressions as arguments.
+
+    The blocks are the eager ones exactly; the renormalisation (numel / kept) may round differently.
+    """
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), dnn.DropBlock2d(0.3, 3)).train()
+    compiled = torch.compile(model, fullgraph=True)
+    x = torch.randn(2, 3, 8, 8)
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        eager = model(x)
+        torch.manual_seed(seed)
+        got = compiled(x)
+        assert torch.equal(got == 0, eager == 0)
+        torch.testing.assert_close(got, eager, rtol=1e-5, atol=1e-6)

@@ -100,7 +100,7 @@ class _MaskedAffineTransformFn(_MaskedAffineFn):
         ``torch.func.jacrev``) gives every slice the one mask of ``spec``. Calls back into the dispatch, so
         enclosing vmaps apply their own rule.
         """
-        if in_dims[0] is None:
+        if in_dims[0] is None:  # not reached (x is the one tensor argument, and vmap calls rules on batched ones)
             return _apply_mask(x, spec, inplace), None
         batched = x.movedim(in_dims[0], 0)  # (B, *shape)
         k = batched.dim() - 1 if spec.mask_dims < 0 else spec.mask_dims
@@ -192,7 +192,7 @@ class _GaussianTransformFn(_GaussianFn):
 
     @staticmethod
     def vmap(info, in_dims: tuple, x, seed: int, sigma: float, multiply: bool, inplace: bool, noise_dims: int):
-        if in_dims[0] is None:
+        if in_dims[0] is None:  # not reached, as in the masked rule
             return _noise(x, seed, sigma, multiply, inplace, noise_dims), None
         batched = x.movedim(in_dims[0], 0)  # (B, *shape): as the masked rule, with noise_dims for mask_dims
         k = batched.dim() - 1 if noise_dims < 0 else noise_dims
@@ -1737,7 +1737,7 @@ _BLOCK_LAYOUTS = {1: "(N, C, L)", 2: "(N, C, H, W)", 3: "(N, C, D, H, W)"}
 
 def _block_gamma(p: float, block_size: int, spatial: tuple[int, ...]) -> float:
     r"""Seed rate :math:`\gamma = p \prod_i S_i / (b^k \prod_i (S_i - b + 1))` of torchvision (Ghiasi et al. eq. 1)."""
-    valid = math.prod(s - block_size + 1 for s in spatial)
+    valid = math.prod([s - block_size + 1 for s in spatial])  # a list: dynamo refuses generator arguments
     return min(1.0, p * math.prod(spatial) / (block_size ** len(spatial) * valid))
 
 
@@ -1749,7 +1749,7 @@ def _block_keep(spec: MaskSpec, block_size: int, shape: tuple[int, ...], couple:
     The mask has shape ``(N, C, *S)``, or ``(N, 1, *S)`` when channels are coupled.
     """
     n, c, *spatial = shape
-    seeds_shape = (n, 1 if couple else c, *(s - block_size + 1 for s in spatial))
+    seeds_shape = (n, 1 if couple else c, *[s - block_size + 1 for s in spatial])
     centres = (~kernels.keep_mask(spec, seeds_shape, device)).to(torch.float32)
     if block_size > 1:
         centres = torch.nn.functional.pad(centres, [block_size - 1] * (2 * len(spatial)))
@@ -1833,8 +1833,9 @@ def _drop_block(
                 f"{op}: torch.vmap(randomness='different') is not supported (every slice would get one block "
                 "mask); use randomness='same' or a loop over the slices."
             )
-        return _block_apply(input, spec, block, bool(inplace))
-    return _BlockDropFn.apply(input, spec, block, bool(inplace))
+    elif torch.compiler.is_compiling() or (input.requires_grad and torch.is_grad_enabled()):
+        return _BlockDropFn.apply(input, spec, block, bool(inplace))
+    return _block_apply(input, spec, block, bool(inplace))  # torch ops: in place, the input itself, as torch
 
 
 _DROP_BLOCK_DOC = r"""DropBlock: zero contiguous {what} of {layout} feature maps, then renormalise.
