@@ -246,9 +246,12 @@ def test_drop_block_compiles_fullgraph_with_the_eager_blocks():
     The blocks are the eager ones exactly; the renormalisation (numel / kept) may round differently.
     """
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), dnn.DropBlock2d(0.3, 3)).train()
-    compiled = torch.compile(model, fullgraph=True)
-    x = torch.randn(2, 3, 8, 8)
-    for seed in (0, 1):
+    for dynamic in (False, True):  # dynamic shapes: the seed rate is symbolic
+        _compare_blocks(model, torch.compile(model, fullgraph=True, dynamic=dynamic))
+
+
+def _compare_blocks(model: nn.Module, compiled) -> None:
+    for seed, x in ((0, torch.randn(2, 3, 8, 8)), (1, torch.randn(3, 3, 9, 7))):
         torch.manual_seed(seed)
         eager = model(x)
         torch.manual_seed(seed)

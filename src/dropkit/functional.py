@@ -1825,7 +1825,11 @@ def _drop_block(
     if not training or p == 0.0 or input.numel() == 0:
         return input
     gamma = _block_gamma(p, block_size, tuple(input.shape[2:]))
-    spec = MaskSpec(_seed(seed, generator), 0, _threshold(gamma), 0.0 if p == 1.0 else 1.0)
+    if torch.compiler.is_compiling() and kernels.select(input) != "triton":  # gamma may be symbolic (dynamic
+        threshold, traced_p = -1, gamma  # shapes): the host op derives the threshold, as in _spec
+    else:
+        threshold, traced_p = _threshold(gamma), None
+    spec = MaskSpec(_seed(seed, generator), 0, threshold, 0.0 if p == 1.0 else 1.0, p=traced_p)
     block = (block_size, couple_channels, scale_by_keep, eps)
     if _transforming():  # torch.func: the same maths from torch ops, which the transforms differentiate and batch
         if "different" in rng._vmap_randomness():
