@@ -93,30 +93,38 @@ class _MaskedAffineTransformFn(_MaskedAffineFn):
         return tangent.copy_(y) if ctx.inplace else y
 
     @staticmethod
-    def vmap(info, in_dims: tuple, x: torch.Tensor, spec: MaskSpec, inplace: bool) -> tuple[torch.Tensor, int | None]:
-        """``torch.vmap`` rule: ``randomness="different"`` draws each slice its own mask, otherwise one mask for all.
+    def vmap(info, in_dims: tuple, x: torch.Tensor, spec: MaskSpec, inplace: bool) -> tuple[torch.Tensor, int]:
+        if info.randomness == "different" and spec.state is not None:
+            raise NotImplementedError(
+                "dropkit: a DeviceGenerator under torch.vmap(randomness='different') would give the slices "
+                "overlapping masks (it advanced by one slice's mask); pass seed= or a torch.Generator, or use "
+                "randomness='same'."
+            )
 
-        ``"different"`` gives the masks of one call on the whole batch; ``"same"`` (and the vmapped backward of
-        ``torch.func.jacrev``) gives every slice the one mask of ``spec``. Calls back into the dispatch, so
-        enclosing vmaps apply their own rule.
-        """
-        if in_dims[0] is None:  # not reached (x is the one tensor argument, and vmap calls rules on batched ones)
-            return _apply_mask(x, spec, inplace), None
-        batched = x.movedim(in_dims[0], 0)  # (B, *shape)
-        k = batched.dim() - 1 if spec.mask_dims < 0 else spec.mask_dims
-        if info.randomness == "different":  # the mask covers B too: B leads the mask's flat index
-            if spec.state is not None:
-                raise NotImplementedError(
-                    "dropkit: a DeviceGenerator under torch.vmap(randomness='different') would give the slices "
-                    "overlapping masks (it advanced by one slice's mask); pass seed= or a torch.Generator, or use "
-                    "randomness='same'."
-                )
-            shard = tuple((d + 1, start, size) for d, start, size in spec.shard) if spec.shard else None
-            spec = dataclasses.replace(spec, mask_dims=-1 if spec.mask_dims < 0 else k + 1, shard=shard)
-            y = _apply_mask(batched, spec, inplace)
-        else:  # B after the mask's dimensions: the mask broadcasts over it
-            y = _apply_mask(batched.movedim(0, k), dataclasses.replace(spec, mask_dims=k), inplace).movedim(k, 0)
-        return (x, in_dims[0]) if inplace else (y, 0)  # in place: the input object itself, as mark_dirty requires
+        def call(t: torch.Tensor, mask_dims: int, shift: int) -> torch.Tensor:
+            shard = tuple((d + shift, start, size) for d, start, size in spec.shard) if spec.shard else None
+            return _apply_mask(t, dataclasses.replace(spec, mask_dims=mask_dims, shard=shard), inplace)
+
+        return _vmap_rule(info, in_dims[0], x, spec.mask_dims, inplace, call)
+
+
+def _vmap_rule(info, in_dim: int, x: torch.Tensor, dims: int, inplace: bool, call) -> tuple[torch.Tensor, int]:
+    """The ``torch.vmap`` rule of the masked and Gaussian Functions: draws over the leading ``dims`` dimensions.
+
+    Their draw covers the leading ``dims`` dimensions of the input (``-1``: all) and broadcasts over the rest.
+    ``randomness="different"`` draws each slice its own values: those of one call on the whole batch (B leads
+    the draw's flat index). Otherwise (``"same"``, and the vmapped backward of ``torch.func.jacrev``) every slice
+    gets the one draw: B goes after the drawn dimensions, where it broadcasts. ``call(t, dims, shift)`` runs the
+    op on ``t`` through its dispatch, so enclosing vmaps apply their own rule; ``shift`` is how far the op's
+    original dimensions moved. In place, the input object itself is returned, as ``mark_dirty`` requires.
+    """
+    batched = x.movedim(in_dim, 0)  # (B, *shape)
+    k = batched.dim() - 1 if dims < 0 else dims
+    if info.randomness == "different":
+        y = call(batched, -1 if dims < 0 else k + 1, 1)
+    else:
+        y = call(batched.movedim(0, k), k, 0).movedim(k, 0)
+    return (x, in_dim) if inplace else (y, 0)
 
 
 def _apply_mask(input: torch.Tensor, spec: MaskSpec, inplace: bool = False) -> torch.Tensor:
@@ -129,7 +137,7 @@ def _apply_mask(input: torch.Tensor, spec: MaskSpec, inplace: bool = False) -> t
     inplace = bool(inplace)
     if _transforming():
         return _MaskedAffineTransformFn.apply(input, spec, inplace)
-    if torch.compiler.is_compiling() or (input.requires_grad and torch.is_grad_enabled()):
+    if _autograd_sees(input):
         return _MaskedAffineFn.apply(input, spec, inplace)
     if inplace:
         _check_inplace(input)
@@ -146,6 +154,11 @@ def _check_inplace(input: torch.Tensor) -> None:
             "Inplace update to inference tensor outside InferenceMode is not allowed. You can make a clone to get "
             "a normal tensor before doing inplace update. See https://github.com/pytorch/rfcs/pull/17 for more details."
         )
+
+
+def _autograd_sees(input: torch.Tensor) -> bool:
+    """Whether an op on ``input`` needs its autograd Function (outside torch.func): traced, or differentiated."""
+    return torch.compiler.is_compiling() or (input.requires_grad and torch.is_grad_enabled())
 
 
 def _transforming() -> bool:
@@ -185,22 +198,20 @@ class _GaussianTransformFn(_GaussianFn):
 
     @staticmethod
     def jvp(ctx, tangent: torch.Tensor, *_: None) -> torch.Tensor:  # type: ignore[override]
-        if not ctx.multiply:  # additive noise: the tangent passes through (in place: marked as written, as checked)
-            return torch.autograd.graph.increment_version(tangent) or tangent if ctx.inplace else tangent.clone()
+        if not ctx.multiply:  # additive noise: the tangent passes through
+            if not ctx.inplace:
+                return tangent.clone()
+            torch.autograd.graph.increment_version(tangent)  # in place: autograd checks the tangent was written
+            return tangent
         y = _noise(tangent, ctx.seed, ctx.sigma, True, False, ctx.noise_dims)
         return tangent.copy_(y) if ctx.inplace else y
 
     @staticmethod
     def vmap(info, in_dims: tuple, x, seed: int, sigma: float, multiply: bool, inplace: bool, noise_dims: int):
-        if in_dims[0] is None:  # not reached, as in the masked rule
-            return _noise(x, seed, sigma, multiply, inplace, noise_dims), None
-        batched = x.movedim(in_dims[0], 0)  # (B, *shape): as the masked rule, with noise_dims for mask_dims
-        k = batched.dim() - 1 if noise_dims < 0 else noise_dims
-        if info.randomness == "different":
-            y = _noise(batched, seed, sigma, multiply, inplace, -1 if noise_dims < 0 else k + 1)
-        else:
-            y = _noise(batched.movedim(0, k), seed, sigma, multiply, inplace, k).movedim(k, 0)
-        return (x, in_dims[0]) if inplace else (y, 0)
+        def call(t: torch.Tensor, dims: int, shift: int) -> torch.Tensor:
+            return _noise(t, seed, sigma, multiply, inplace, dims)
+
+        return _vmap_rule(info, in_dims[0], x, noise_dims, inplace, call)
 
 
 def _gaussian(x: torch.Tensor, seed: int, sigma: float, multiply: bool, noise_dims: int = -1) -> torch.Tensor:
@@ -232,7 +243,7 @@ def _noise(
     if not multiply:  # x + σz: torch's own add, which autograd differentiates (and checks in place) as any add
         noise = _gaussian_noise(input, seed, sigma, noise_dims).to(input.dtype)
         return input.add_(noise) if inplace else input + noise
-    if torch.compiler.is_compiling() or (input.requires_grad and torch.is_grad_enabled()):
+    if _autograd_sees(input):
         return _GaussianFn.apply(input, seed, sigma, multiply, inplace, noise_dims)
     y = _gaussian(input, seed, sigma, multiply, noise_dims)
     return input.copy_(y) if inplace else y
@@ -291,10 +302,7 @@ def _spec(
     mask_dims: int = -1,
 ) -> MaskSpec:
     """Return the mask spec of one call: seeded from ``seed``, a torch generator, or a device generator."""
-    if torch.compiler.is_compiling() and kernels.select(input) != "triton":
-        threshold, traced_p = -1, p  # p may be symbolic (a schedule changes it): the host op derives the threshold
-    else:
-        threshold, traced_p = _threshold(p), None
+    threshold, traced_p = _keep_threshold(input, p)
     if seed is None and _sample_hook is not None and not isinstance(generator, rng.DeviceGenerator):
         draw = _sample_hook(input)  # MC samples stacked in the batch: this chunk's rows of one (seed, tensor)
         if draw is not None:  # from row draw[1] of the T * N stacked rows: a run of global indices, an offset
@@ -315,6 +323,17 @@ def _spec(
         state = state.to(input.device)
         return MaskSpec(0, 0, threshold, scale, bias, fill, mask_dims, state=state, shard=shard, p=traced_p)
     return MaskSpec(_seed(seed, generator), 0, threshold, scale, bias, fill, mask_dims, shard=shard, p=traced_p)
+
+
+def _keep_threshold(input: torch.Tensor, p: float) -> tuple[int, float | None]:
+    """``(threshold, None)`` for a spec's drop rate ``p``, or ``(-1, p)`` while torch traces the host path.
+
+    There ``p`` may be symbolic (a schedule changes it, or it follows dynamic shapes): the host op derives the
+    threshold.
+    """
+    if torch.compiler.is_compiling() and kernels.select(input) != "triton":
+        return -1, p
+    return _threshold(p), None
 
 
 def _checked(
@@ -1778,7 +1797,7 @@ class _BlockDropFn(torch.autograd.Function):
 def _block_apply(x: torch.Tensor, spec: MaskSpec, block: tuple, inplace: bool) -> torch.Tensor:
     """Apply the block mask: ``block = (block_size, couple_channels, scale_by_keep, eps)``."""
     block_size, couple, scale_by_keep, eps = block
-    with torch._C._DisableFuncTorch() if _transforming() else contextlib.nullcontext():  # a plain mask
+    with torch._C._DisableFuncTorch() if kernels._wrapped(x) else contextlib.nullcontext():  # a plain mask
         keep = _block_keep(spec, block_size, tuple(x.shape), couple, x.device)
     if spec.scale == 0.0:  # p == 1: everything dropped
         keep = torch.zeros_like(keep)
@@ -1825,10 +1844,7 @@ def _drop_block(
     if not training or p == 0.0 or input.numel() == 0:
         return input
     gamma = _block_gamma(p, block_size, tuple(input.shape[2:]))
-    if torch.compiler.is_compiling() and kernels.select(input) != "triton":  # gamma may be symbolic (dynamic
-        threshold, traced_p = -1, gamma  # shapes): the host op derives the threshold, as in _spec
-    else:
-        threshold, traced_p = _threshold(gamma), None
+    threshold, traced_p = _keep_threshold(input, gamma)  # gamma is symbolic under dynamic shapes
     spec = MaskSpec(_seed(seed, generator), 0, threshold, 0.0 if p == 1.0 else 1.0, p=traced_p)
     block = (block_size, couple_channels, scale_by_keep, eps)
     if _transforming():  # torch.func: the same maths from torch ops, which the transforms differentiate and batch
@@ -1837,7 +1853,7 @@ def _drop_block(
                 f"{op}: torch.vmap(randomness='different') is not supported (every slice would get one block "
                 "mask); use randomness='same' or a loop over the slices."
             )
-    elif torch.compiler.is_compiling() or (input.requires_grad and torch.is_grad_enabled()):
+    elif _autograd_sees(input):
         return _BlockDropFn.apply(input, spec, block, bool(inplace))
     return _block_apply(input, spec, block, bool(inplace))  # torch ops: in place, the input itself, as torch
 

@@ -314,10 +314,11 @@ def draw_seed(generator: torch.Generator | None = None) -> int:
         True
     """
     device = generator.device if generator is not None else "cpu"
-    if _vmap_randomness() & {"different", "error"} == {"different"}:
-        with torch._C._DisableFuncTorch():  # one plain draw, as the call on the whole batch makes: the ops' vmap
-            return int(torch.randint(0, 2**63 - 1, (), generator=generator, device=device))  # rules do the rest
-    return int(torch.randint(0, 2**63 - 1, (), generator=generator, device=device))  # raises in vmap's "error" mode
+    # under vmap(randomness="different"): one plain draw, as the call on the whole batch makes (the ops' vmap rules
+    # do the rest); in vmap's "error" mode torch's own draw raises, as for any random op
+    plain = _vmap_randomness() & {"different", "error"} == {"different"}
+    with torch._C._DisableFuncTorch() if plain else contextlib.nullcontext():
+        return int(torch.randint(0, 2**63 - 1, (), generator=generator, device=device))
 
 
 def _vmap_randomness() -> set[str]:

@@ -241,7 +241,8 @@ def apply(
         return dst
     mask_shape = spec.mask_shape(x.shape)
     row = x.numel() // max(1, math.prod(mask_shape))
-    which = "reference" if spec.shard is not None or _wrapped(x) else select(x)
+    wrapped = _wrapped(x)
+    which = "reference" if spec.shard is not None or wrapped else select(x)
     if torch.compiler.is_compiling():  # one traceable node: custom ops for the host path, triton_op on the GPU
         from . import ops
 
@@ -273,7 +274,7 @@ def apply(
         dst = torch.empty_like(x, memory_format=torch.contiguous_format) if out is None else out
         cpu.masked_affine(x, dst, spec.seed, spec.offset, spec.threshold, spec.scale, spec.bias, spec.fill, row)
         return dst
-    with torch._C._DisableFuncTorch() if _wrapped(x) else contextlib.nullcontext():  # a plain mask under torch.func
+    with torch._C._DisableFuncTorch() if wrapped else contextlib.nullcontext():  # a plain mask under torch.func
         keep = keep_mask(spec, mask_shape, x.device)
     result = masked_affine_ref(x, keep, spec.scale, spec.bias, spec.fill)
     return result if out is None else out.copy_(result)
