@@ -77,7 +77,10 @@ def test_bald_acquires_the_highest_mutual_information():
 
 def test_transformer_block_quick(capsys):
     out = _run_quick("transformer_block", capsys)
-    assert "device cpu (dropout + add + LayerNorm: composed ops)" in out
+    if torch.cuda.is_available():
+        assert "device cuda (dropout + add + LayerNorm: fused Triton kernel)" in out
+    else:
+        assert "device cpu (dropout + add + LayerNorm: composed ops)" in out
     row = r"train acc (\S+) loss (\S+)\s+test acc (\S+) loss (\S+)\s+gap (\S+)"
     rows = re.findall(rf"^(p = 0|regularised)\s+{row}$", out, re.MULTILINE)
     assert [r[0] for r in rows] == ["p = 0", "regularised"]

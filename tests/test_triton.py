@@ -293,6 +293,29 @@ def test_compiled_ops_match_eager():
     torch.testing.assert_close(torch.compile(block)(x), block(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="torch.compile of Triton ops needs a GPU")
+def test_compiled_ops_draw_eagers_seeds_forward_and_backward():
+    # seeds drawn at run time travel to the kernels in a device state tensor, in forward and in backward
+    x = torch.randn(4, 1024, device="cuda", requires_grad=True)
+    w = torch.randn(1024, device="cuda", requires_grad=True)
+
+    def block(x, w):
+        y = F.dropout(x, 0.3)
+        y, h = F.dropout_add_layer_norm(y, x, w, None, 0.2, prenorm=True)
+        return y * h
+
+    results = []
+    for fn in (torch.compile(block), block, torch.compile(block)):
+        torch.manual_seed(3)
+        out = fn(x, w)
+        results.append((out, *torch.autograd.grad(out.square().sum(), (x, w))))
+    for compiled in (results[0], results[2]):
+        for got, want in zip(compiled, results[1], strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    torch.manual_seed(4)
+    assert not torch.equal(block(x, w), results[1][0])  # the masks follow the seeds: another seed, other masks
+
+
 def test_triton_is_never_imported_on_cpu():
     code = (
         "import os, sys, torch; os.environ.pop('TRITON_INTERPRET', None)\n"

@@ -184,7 +184,7 @@ def keep_mask(spec: MaskSpec, shape: tuple[int, ...], device: torch.device) -> t
             return ops.keep_mask(spec, tuple(shape), device)
         from . import ops
 
-        spec = ops.traced_state(spec)
+        spec = ops.traced_state(spec, device)
     if spec.shard is not None:
         return _sharded_keep_mask(spec, tuple(shape), device)
     if _select(device, torch.float32) == "triton":
@@ -254,7 +254,7 @@ def apply(
             else:
                 y = ops.masked_affine(x, spec)
             return y if out is None else out.copy_(y)
-        spec = ops.traced_state(spec)
+        spec = ops.traced_state(spec, x.device)
     contiguous = x.is_contiguous() and (out is None or out.is_contiguous())
     if which == "triton" and contiguous and (residual is None or residual.is_contiguous()):
         from . import triton
@@ -311,9 +311,13 @@ def fused_norm(x: torch.Tensor) -> bool:
     return x.shape[-1] <= triton.MAX_NORM_COLS
 
 
-def _spec_args(spec: MaskSpec | None) -> tuple:
+def _spec_args(spec: MaskSpec | None, device: torch.device) -> tuple:
     if spec is None:
         return None, 0, 0, 0, 1.0, False
+    if torch.compiler.is_compiling() or isinstance(spec.seed, torch.Tensor):
+        from . import ops
+
+        spec = ops.traced_state(spec, device)
     return spec.state, spec.seed, spec.offset, spec.threshold, spec.scale, True
 
 
@@ -321,7 +325,7 @@ def norm_forward(x, residual, weight, bias, rowscale, spec, eps, is_rms, residua
     """Fused ``h = dropout(x * rowscale) + residual``, ``y = norm(h)`` on 2-D tensors: ``(y, h, mean, rstd)``."""
     from . import triton
 
-    state, seed, offset, threshold, scale, dropout = _spec_args(spec)
+    state, seed, offset, threshold, scale, dropout = _spec_args(spec, x.device)
     return triton.dropout_add_norm_fwd(
         x, residual, weight, bias, rowscale, state, seed, offset, threshold, scale, eps, is_rms, dropout, x.dtype,
         residual_dtype,
@@ -332,7 +336,7 @@ def norm_backward(dy, h, weight, has_bias, rowscale, mean, rstd, dh, spec, is_rm
     """Backward of :func:`norm_forward`, the dropout mask regenerated: ``(dx, dresidual, dweight, dbias)``."""
     from . import triton
 
-    state, seed, offset, threshold, scale, dropout = _spec_args(spec)
+    state, seed, offset, threshold, scale, dropout = _spec_args(spec, dy.device)
     return triton.dropout_add_norm_bwd(
         dy, h, weight, has_bias, rowscale, mean, rstd, dh, state, seed, offset, threshold, scale, is_rms, dropout,
         x_dtype, residual_dtype,

@@ -151,12 +151,17 @@ def _args(spec) -> tuple:
     return state, _signed(int(seed)), spec.offset, spec.threshold, shard
 
 
-def traced_state(spec):
-    """Return ``spec`` with a traced (tensor) seed moved into its ``state`` tensor."""
-    if not isinstance(spec.seed, torch.Tensor):
-        return spec
+def traced_state(spec, device: torch.device):
+    """Return ``spec`` for the Triton kernels while torch traces: its seed in a ``state`` tensor on ``device``.
+
+    A traced draw is a tensor already. An int seed goes the same way: the kernels' int encoding of a seed
+    (``2^36 + 16 k + 3``, see ``triton._seed_args``) is a constant above 2^31, which Inductor fails to
+    generate code for (torch 2.11: ``'int' object has no attribute 'xreplace'``).
+    """
+    if spec.state is None and not isinstance(spec.seed, torch.Tensor):
+        spec = dataclasses.replace(spec, seed=torch.tensor(_signed(int(spec.seed) % 2**64), dtype=torch.int64))
     state, seed, _, _, _ = _args(spec)
-    return dataclasses.replace(spec, seed=seed, state=state)
+    return dataclasses.replace(spec, seed=seed, state=state.to(device))
 
 
 def masked_affine(x: torch.Tensor, spec) -> torch.Tensor:

@@ -99,23 +99,29 @@ def _launch(kernel, x: torch.Tensor):
     return torch.library.wrap_triton(kernel) if _traced(x) and not _INTERPRET else kernel
 
 
-def _seed_args(seed: int) -> tuple[int, int]:
+def _seed_args(seed: int, state: torch.Tensor | None) -> tuple[int, int]:
     """Encode a seed as two kernel arguments of one fixed Triton signature, whatever the seed.
 
     Triton types an int argument by its value (int32 below 2^31, int64 above) and specialises it on
     divisibility by 16, so raw seeds would compile a new kernel variant now and then, which must not
     happen while a CUDA graph is being captured. Each 32-bit half ``k`` is passed as
     ``2^36 + 16 k + 3``: always int64, never a multiple of 16 (nor 1). :func:`_seed` decodes it.
+    With a ``state`` tensor the kernel reads the key there, and the two arguments are the placeholder 3
+    (which also keeps constants above 2^31 out of ``torch.compile``'s graphs: Inductor fails on them).
     """
+    if state is not None:
+        return 3, 3
     return 2**36 + ((seed & 0xFFFFFFFF) << 4) + 3, 2**36 + (((seed >> 32) & 0xFFFFFFFF) << 4) + 3
 
 
 @triton.jit
 def _seed(STATE, seed_lo, seed_hi, FROM_STATE: tl.constexpr):
     """The 64-bit Philox key: from the device state, or decoded from the two arguments of :func:`_seed_args`."""
-    if FROM_STATE:
-        return tl.load(STATE)
-    return (((seed_hi >> 4) & 0xFFFFFFFF) << 32) | ((seed_lo >> 4) & 0xFFFFFFFF)
+    if FROM_STATE:  # one return: the branch not taken is not compiled, so its types never meet the other's
+        key = tl.load(STATE)
+    else:
+        key = (((seed_hi >> 4) & 0xFFFFFFFF) << 32) | ((seed_lo >> 4) & 0xFFFFFFFF)
+    return key
 
 
 @triton.jit
@@ -219,7 +225,8 @@ def _masked_affine_into(x, y, residual, bias, state, seed, offset, threshold, sc
         grid = (_cdiv(groups, per_program),)
         _launch(_masked_affine_fwd_kernel, x)[grid](
             x, y, residual if residual is not None else x, bias if bias is not None else x, state_arg,
-            numel, bias.numel() if bias is not None else 1, *_seed_args(seed), offset, threshold, scale, shift, fill,
+            numel, bias.numel() if bias is not None else 1, *_seed_args(seed, state), offset, threshold, scale, shift,
+            fill,
             GROUPS=per_program, FROM_STATE=from_state, HAS_RESIDUAL=residual is not None, HAS_BIAS=bias is not None,
             HAS_SHIFT=shift != 0.0, EXACT_MUL=shift != 0.0 and not _INTERPRET, num_warps=TUNING["elementwise_warps"],
         )
@@ -229,7 +236,7 @@ def _masked_affine_into(x, y, residual, bias, state, seed, offset, threshold, sc
         block_r = max(1, 2048 // block_c)
         grid = (_cdiv(rows, block_r), _cdiv(row, block_c))
         _launch(_masked_affine_rows_fwd_kernel, x)[grid](
-            x, y, state_arg, rows, row, *_seed_args(seed), offset, threshold, scale, shift, fill,
+            x, y, state_arg, rows, row, *_seed_args(seed, state), offset, threshold, scale, shift, fill,
             BLOCK_R=block_r, BLOCK_C=block_c, FROM_STATE=from_state, HAS_SHIFT=shift != 0.0,
             EXACT_MUL=shift != 0.0 and not _INTERPRET, num_warps=4,
         )
@@ -560,7 +567,7 @@ def _dropout_add_norm_fwd_impl(
     _launch(_dropout_add_norm_fwd_kernel, x)[(rows,)](
         x, residual if residual is not None else x, weight if weight is not None else x,
         bias if bias is not None else x, rowscale if rowscale is not None else x, y, h, mean, rstd,
-        state if state is not None else x, ncols, *_seed_args(seed), offset, threshold, scale, eps,
+        state if state is not None else x, ncols, *_seed_args(seed, state), offset, threshold, scale, eps,
         NG=ng, ALIGNED=aligned, IS_RMS=is_rms, DROPOUT=dropout, HAS_RESIDUAL=residual is not None,
         HAS_ROWSCALE=rowscale is not None, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
         FROM_STATE=state is not None, num_warps=warps,
@@ -602,7 +609,7 @@ def _dropout_add_norm_bwd_impl(
     _launch(_dropout_add_norm_bwd_kernel, h)[(programs,)](
         h, dy, weight if weight is not None else h, rowscale if rowscale is not None else h, mean, rstd,
         dres_out if dres_out is not None else h, dx, dres, dw, db, state if state is not None else h,
-        rows, ncols, rows_per_program, *_seed_args(seed), offset, threshold, scale,
+        rows, ncols, rows_per_program, *_seed_args(seed, state), offset, threshold, scale,
         NG=ng, ROWS=TUNING["norm_bwd_rows"], ALIGNED=aligned, IS_RMS=is_rms, DROPOUT=dropout,
         HAS_ROWSCALE=rowscale is not None, HAS_WEIGHT=weight is not None, HAS_BIAS=has_bias,
         HAS_DRES_OUT=dres_out is not None,

@@ -351,7 +351,7 @@ class _VariationalRNN:
             if (training and self.recurrent_dropout > 0) or zoneout:
                 x, new = self._loop_layer(x, batch_sizes, layer_states, weights, per_direction, rec_masks, zones)
             else:
-                x, new = self._fused_layer(x, batch_sizes, layer_states, weights, training, layer)
+                x, new = self._fused_layer(x, batch_sizes, layer_states, weights, training)
             for kept, state in zip(finals, new, strict=True):
                 kept.append(state)
         out_mask = masks.draw(self.output_dropout, batch, x.shape[-1])
@@ -359,10 +359,10 @@ class _VariationalRNN:
             x = x * (out_mask if rows is None or not isinstance(out_mask, torch.Tensor) else out_mask[rows])
         return x, [torch.cat(kept) for kept in finals]
 
-    def _fused_layer(self, x, batch_sizes, states, weights, training: bool, layer: int):
+    def _fused_layer(self, x, batch_sizes, states, weights, training: bool):
         """One layer (both directions) through torch's fused kernel, no dropout inside it."""
         hx = states if self.mode == "LSTM" else states[0]
-        if layer > 0 and weights[0].is_cuda and torch.backends.cudnn.is_acceptable(weights[0]):
+        if self.num_layers > 1 and weights[0].is_cuda and torch.backends.cudnn.is_acceptable(weights[0]):
             weights = self._cudnn_chunk(weights, x.shape[-1])
         vf = _VF.lstm if self.mode == "LSTM" else _VF.gru
         if batch_sizes is None:
@@ -374,9 +374,10 @@ class _VariationalRNN:
     def _cudnn_chunk(self, weights: list[torch.Tensor], input_size: int) -> list[torch.Tensor]:
         """Copy one layer's weights into a cuDNN-layout chunk of their own (differentiably).
 
-        cuDNN takes a layer's weights without copying them only when they form one chunk in its layout from the
-        start of their storage; a deeper layer's weights sit in the middle of the module's chunk, so cuDNN would
-        warn ("not part of single contiguous chunk of memory") and compact them on every call.
+        cuDNN takes a layer's weights without copying them only when they form a one-layer chunk in its layout;
+        in a module of several layers each layer's weights are part of the module's chunk, the first layer's too
+        (seen on an H100, torch 2.11), so cuDNN would warn ("not part of single contiguous chunk of memory") and
+        compact them on every call.
         """
         import torch.backends.cudnn.rnn as cudnn_rnn
 
