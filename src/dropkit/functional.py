@@ -223,7 +223,10 @@ def _gaussian(x: torch.Tensor, seed: int, sigma: float, multiply: bool, noise_di
     if not multiply:
         return x + noise.to(x.dtype)
     opmath = torch.float32 if x.dtype in (torch.float16, torch.bfloat16, torch.float32) else x.dtype
-    return (x.to(opmath) * (noise + 1.0).to(opmath)).to(x.dtype)
+    y = x.to(opmath) * (noise + 1.0).to(opmath)
+    # no no-op .to() at the end: torch 2.11's dynamo gives an autograd.Function whose forward returns one a zero
+    # gradient (seen for GaussianDropout under torch.compile; tests/test_compile.py)
+    return y if y.dtype == x.dtype else y.to(x.dtype)
 
 
 def _gaussian_noise(x: torch.Tensor, seed: int, sigma: float, noise_dims: int = -1) -> torch.Tensor:
