@@ -109,6 +109,28 @@ def test_module_generator_draws_same_seeds_compiled():
         assert torch.equal(compiled(x), expected)
 
 
+def test_caller_generator_compiles_and_advances():
+    # a generator dropkit did not make is registered while dynamo traces (torch >= 2.13; see the robustness page)
+    gen = torch.Generator().manual_seed(5)
+    x = torch.ones(64)
+    eager = [F.dropout(x, 0.5, generator=gen) for _ in range(3)]
+    gen.manual_seed(5)
+    compiled = torch.compile(lambda t: F.dropout(t, 0.5, generator=gen), fullgraph=True)
+    for expected in eager:
+        assert torch.equal(compiled(x), expected)
+
+
+def test_module_generator_is_registered_while_its_module_lives():
+    import gc
+
+    layer = dnn.Dropout(0.5, seed=1)
+    key = id(layer.generator)
+    assert rng._module_generators[key] is layer.generator  # compiled code finds it by id, no traced call
+    del layer
+    gc.collect()
+    assert key not in rng._module_generators
+
+
 def test_device_generator_compiles_and_advances():
     gen = rng.DeviceGenerator(seed=11, device="cpu")
     x = torch.ones(3000)

@@ -530,6 +530,27 @@ def draw_seed_mixed(generator: torch.Generator | None = None):
     return mix_rank(seed, _dp_rank[-1]) if _dp_rank else seed
 
 
+#: The generators dropkit modules own (``seed=``), by ``id``, while their module lives. Compiled code finds
+#: them with a dict lookup; other generators go through a constant-folded call that registers them while torch
+#: traces (``kernels.ops.generator_slot``), which torch 2.11's dynamo refuses for a ``torch.Generator``.
+_module_generators: dict[int, torch.Generator] = {}
+
+
+def _own_generator(
+    owner: object, op: str, seed: int | None, generator: torch.Generator | None
+) -> torch.Generator | None:
+    """Return a module's generator: its own one seeded by ``seed``, the caller's ``generator``, or ``None``."""
+    from . import _validate
+
+    _validate.seed_source(op, seed, generator)
+    if seed is None:
+        return generator
+    own = torch.Generator().manual_seed(seed)
+    _module_generators[id(own)] = own
+    weakref.finalize(owner, _module_generators.pop, id(own), None)
+    return own
+
+
 # --- the seed tape: torch.utils.checkpoint recomputation replays the seeds the original forward drew ----------
 
 _tapes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -20,17 +20,30 @@ import dataclasses
 
 import torch
 
+from .. import rng
+
 __all__ = ["draw_seed", "generator_slot", "masked_affine", "keep_mask", "normal"]
 
 _generators: dict[int, torch.Generator] = {}  # slot -> generator, filled at trace time
 _calls = 0
 
 
-@torch.compiler.assume_constant_result  # runs (and registers) while dynamo traces, so the op finds it at run time
 def generator_slot(generator: torch.Generator | None) -> int:
-    """Return the slot through which :func:`draw_seed` finds ``generator`` at run time (``-1``: torch's default)."""
+    """Return the slot through which :func:`draw_seed` finds ``generator`` at run time (``-1``: torch's default).
+
+    A module's own generator (``seed=``) is found by ``id`` in :data:`dropkit.rng._module_generators`; any
+    other is registered while dynamo traces, by a constant-folded call (which torch 2.11's dynamo refuses).
+    """
     if generator is None:
         return -1
+    key = id(generator)
+    if key in rng._module_generators:
+        return key
+    return _traced_slot(generator)
+
+
+@torch.compiler.assume_constant_result  # runs (and registers) while dynamo traces, so the op finds it at run time
+def _traced_slot(generator: torch.Generator) -> int:
     key = id(generator)
     _generators[key] = generator
     return key
@@ -39,13 +52,12 @@ def generator_slot(generator: torch.Generator | None) -> int:
 def _generator(slot: int) -> torch.Generator | None:
     if slot == -1:
         return None
-    return _generators[slot]
+    own = rng._module_generators.get(slot)
+    return own if own is not None else _generators[slot]
 
 
 @torch.library.custom_op("dropkit::draw_seed", mutates_args=(), tags=(torch.Tag.nondeterministic_seeded,))
 def _draw_seed_op(slot: int, call: int, anchor: torch.Tensor) -> torch.Tensor:
-    from .. import rng
-
     return torch.tensor(rng.draw_seed(_generator(slot)), dtype=torch.int64)
 
 
@@ -73,7 +85,6 @@ def _signed(value: int) -> int:
 
 
 def _spec_from(state, seed, offset, threshold, scale, bias, fill, mask_dims, shard, p=0.0):
-    from .. import rng
     from . import MaskSpec
 
     if threshold < 0:  # p was symbolic while tracing: derive the threshold now
@@ -188,8 +199,6 @@ def keep_mask(spec, shape: tuple[int, ...], device: torch.device) -> torch.Tenso
 def _normal_op(
     state: torch.Tensor | None, seed: int, offset: int, shape: list[int], device: torch.device
 ) -> torch.Tensor:
-    from .. import rng
-
     if state is not None:
         seed, base = (int(v) for v in state.tolist())
         offset += base

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import _validate
+from .. import _validate, rng
 from .. import functional as F
 
 __all__ = [
@@ -35,9 +35,8 @@ class _SeededMixin:
     seed: int | None
 
     def _setup_rng(self, seed: int | None, generator: torch.Generator | None) -> None:
-        _validate.seed_source(type(self).__name__, seed, generator)
         self.seed = seed
-        self.generator = torch.Generator().manual_seed(seed) if seed is not None else generator
+        self.generator = rng._own_generator(self, type(self).__name__, seed, generator)
 
     def _extras(self) -> str:
         extras = "" if self.mode == "inverted" else f", mode={self.mode!r}"

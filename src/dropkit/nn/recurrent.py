@@ -26,19 +26,13 @@ import torch
 from torch import _VF, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from .. import _validate, kernels
+from .. import _validate, kernels, rng
 from .. import functional as F
 from ..kernels import MaskSpec
 
 __all__ = ["LSTM", "GRU", "ZoneoutLSTMCell", "WeightDrop", "weight_drop"]
 
 _MODES = ("inverted", "classic")
-
-
-def _generator(op: str, seed: int | None, generator: torch.Generator | None) -> torch.Generator | None:
-    """Return the module's generator: its own one seeded by ``seed``, the caller's ``generator``, or ``None``."""
-    _validate.seed_source(op, seed, generator)
-    return torch.Generator().manual_seed(seed) if seed is not None else generator
 
 
 class _Masks:
@@ -226,7 +220,7 @@ class _VariationalRNN:
         self.dropout_mode = _validate.choice(name, "mode", mode, _MODES)
         _validate.recurrent_mode(name, self.dropout_mode, self.recurrent_dropout)
         self.seed = seed
-        self.generator = _generator(name, seed, generator)
+        self.generator = rng._own_generator(self, name, seed, generator)
 
     def _applies_dropout(self, training: bool) -> bool:
         """Whether this call applies a mask (or classic-mode scaling) at all; revalidates rates set after init."""
@@ -698,7 +692,7 @@ class ZoneoutLSTMCell(nn.LSTMCell):
         self.zoneout_h = _validate.rate("ZoneoutLSTMCell", "zoneout_h", zoneout_h)
         self.zoneout_c = _validate.rate("ZoneoutLSTMCell", "zoneout_c", zoneout_c)
         self.seed = seed
-        self.generator = _generator("ZoneoutLSTMCell", seed, generator)
+        self.generator = rng._own_generator(self, "ZoneoutLSTMCell", seed, generator)
 
     def forward(self, input: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor] | None = None):
         """Step the cell once; zoneout is dropout applied to the state update (MC dropout turns it on in eval)."""
@@ -782,7 +776,7 @@ class WeightDrop(nn.Module):
         self.p = _validate.rate("WeightDrop", "p", p)
         self.variational = bool(variational)
         self.seed = seed
-        self.generator = _generator("WeightDrop", seed, generator)
+        self.generator = rng._own_generator(self, "WeightDrop", seed, generator)
         self.module = module
 
     def forward(self, *args, **kwargs):
