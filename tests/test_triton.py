@@ -281,6 +281,24 @@ def test_ops_pass_opcheck():
     torch.library.opcheck(torch.ops.dropkit.dropout_add_norm_fwd.default, args)
 
 
+def test_traced_seeds_reach_the_kernels_in_a_state_tensor():
+    # while torch traces, every seed goes to the Triton kernels in the (seed, offset) state tensor: Inductor cannot
+    # generate code for the int encoding's constants above 2^31 (the CUDA tests below compile it for real)
+    from dropkit.kernels import ops
+
+    big = 2**64 - 5  # a seed >= 2^63: the state tensor holds its int64 bits
+    spec = ops.traced_state(kernels.MaskSpec(big, 7, 123, 2.0), torch.device("cpu"))
+    assert spec.seed == 0 and spec.offset == 7 and spec.state.tolist() == [big - 2**64, 0]
+    drawn = ops.traced_state(kernels.MaskSpec(torch.tensor(42), 0, 123, 2.0), torch.device("cpu"))
+    assert drawn.seed == 0 and drawn.state.tolist() == [42, 0]
+    device_state = torch.tensor([9, 2048])  # a DeviceGenerator's draw is left as it is
+    kept = ops.traced_state(kernels.MaskSpec(0, 5, 123, 2.0, state=device_state), torch.device("cpu"))
+    assert kept.seed == 0 and kept.state.tolist() == [9, 2048]
+    assert tk._seed_args(big, spec.state) == (3, 3)  # placeholders: no constant above 2^31 in a graph
+    lo, hi = tk._seed_args(big, None)
+    assert lo > 2**31 and hi > 2**31 and lo % 16 == 3 and hi % 16 == 3
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="torch.compile of Triton ops needs a GPU")
 def test_compiled_ops_match_eager():
     x = torch.randn(4, 1024, device="cuda")
