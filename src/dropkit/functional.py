@@ -25,7 +25,6 @@ skips the autograd Function and runs the kernel directly.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 
@@ -232,7 +231,7 @@ def _gaussian(x: torch.Tensor, seed: int, sigma: float, multiply: bool, noise_di
 def _gaussian_noise(x: torch.Tensor, seed: int, sigma: float, noise_dims: int = -1) -> torch.Tensor:
     """``σ z`` in float32, shaped to broadcast over ``x`` (see :func:`_gaussian`); a plain tensor under torch.func."""
     k = x.dim() if noise_dims < 0 else noise_dims
-    with torch._C._DisableFuncTorch() if kernels._wrapped(x) else contextlib.nullcontext():
+    with kernels.plain_draws(x):
         noise = rng.normal(x.shape[:k], seed, device=x.device).mul_(sigma)
     return noise.reshape(x.shape[:k] + (1,) * (x.dim() - k))
 
@@ -1800,7 +1799,7 @@ class _BlockDropFn(torch.autograd.Function):
 def _block_apply(x: torch.Tensor, spec: MaskSpec, block: tuple, inplace: bool) -> torch.Tensor:
     """Apply the block mask: ``block = (block_size, couple_channels, scale_by_keep, eps)``."""
     block_size, couple, scale_by_keep, eps = block
-    with torch._C._DisableFuncTorch() if kernels._wrapped(x) else contextlib.nullcontext():  # a plain mask
+    with kernels.plain_draws(x):
         keep = _block_keep(spec, block_size, tuple(x.shape), couple, x.device)
     if spec.scale == 0.0:  # p == 1: everything dropped
         keep = torch.zeros_like(keep)

@@ -241,8 +241,7 @@ def apply(
         return dst
     mask_shape = spec.mask_shape(x.shape)
     row = x.numel() // max(1, math.prod(mask_shape))
-    wrapped = _wrapped(x)
-    which = "reference" if spec.shard is not None or wrapped else select(x)
+    which = "reference" if spec.shard is not None or _wrapped(x) else select(x)
     if torch.compiler.is_compiling():  # one traceable node: custom ops for the host path, triton_op on the GPU
         from . import ops
 
@@ -274,7 +273,7 @@ def apply(
         dst = torch.empty_like(x, memory_format=torch.contiguous_format) if out is None else out
         cpu.masked_affine(x, dst, spec.seed, spec.offset, spec.threshold, spec.scale, spec.bias, spec.fill, row)
         return dst
-    with torch._C._DisableFuncTorch() if wrapped else contextlib.nullcontext():  # a plain mask under torch.func
+    with plain_draws(x):
         keep = keep_mask(spec, mask_shape, x.device)
     result = masked_affine_ref(x, keep, spec.scale, spec.bias, spec.fill)
     return result if out is None else out.copy_(result)
@@ -290,6 +289,15 @@ def _wrapped(x: torch.Tensor) -> bool:
     return not torch.compiler.is_compiling() and (
         torch._C._functorch.is_functorch_wrapped_tensor(x) or torch._C._functorch.is_legacy_batchedtensor(x)
     )
+
+
+def plain_draws(x: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Context in which the masks and noise drawn for ``x`` are plain tensors.
+
+    torch.func is switched off while ``x`` is a transform's wrapper: the draw is one plain tensor, and the ops'
+    own vmap rules decide how the slices share it.
+    """
+    return torch._C._DisableFuncTorch() if _wrapped(x) else contextlib.nullcontext()
 
 
 #: :data:`dropkit.kernels.cpu.DTYPES`, without importing numba.
