@@ -593,6 +593,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: sizes 2^16 and 2^18, 3 rounds, 3 MLP steps")
     parser.add_argument("--rounds", type=int, help="rounds per case (default 7; 3 with --quick)")
+    parser.add_argument("--sizes", type=int, nargs="+", metavar="LOG2",
+                        help="element-wise sizes as powers of two (default 20 22 24 26; e.g. 10 15 for per-call cost)")
     parser.add_argument("--min-sample-ms", type=float, help="minimum duration of one timing sample (default 20)")
     parser.add_argument("--out", metavar="FILE", help="write the results as a Markdown section to FILE")
     parser.add_argument("--json", metavar="FILE", help="dump the raw numbers as JSON to FILE")
@@ -601,6 +603,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.rounds is not None and args.rounds < 1:
         parser.error("--rounds must be >= 1")
+    if args.sizes is not None and not all(0 <= k <= 30 for k in args.sizes):
+        parser.error(f"--sizes must be powers of two between 0 and 30, but got {args.sizes}")
     return args
 
 
@@ -612,6 +616,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         cfg.rounds = args.rounds
     if args.min_sample_ms is not None:
         cfg.min_sample_s = args.min_sample_ms / 1e3
+    if args.sizes is not None:
+        cfg.sizes_log2 = tuple(args.sizes)
 
     kernels.backend()  # load the CPU kernels (numba) before timing anything
     start = time.perf_counter()

@@ -254,6 +254,38 @@ def test_inference_calls_skip_the_autograd_function_with_the_same_values(monkeyp
     torch.testing.assert_close(F.dropout2d(x, 0.3, seed=4), direct, rtol=0, atol=0)  # x needs no grad
 
 
+def test_eager_calls_under_autograd_skip_torchs_signature_binding(monkeypatch):
+    """torch's Python ``Function.apply`` runs ``inspect.signature`` per call; dropkit's eager calls skip it.
+
+    Same values and gradients as through ``Function.apply``, and a tensor left by a finished torch.func transform
+    (a dead wrapper, which that layer unwraps) still differentiates to its leaf.
+    """
+    x = torch.randn(4, 6, requires_grad=True)
+    spec = F._spec(x, 5, None, 0.3, 1 / 0.7)
+    expected = F._MaskedAffineFn.apply(x, spec, False)
+    (grad,) = torch.autograd.grad(expected.sum(), x)
+    noisy = F._GaussianFn.apply(x, 5, 0.5, True, False, -1)  # sigma^2 = p / (1 - p) at p = 0.2
+
+    signature = torch.autograd.function.inspect.signature
+    ours = {F._MaskedAffineFn.forward, F._GaussianFn.forward}
+
+    def refuse(fn, *args, **kwargs):
+        assert fn not in ours, "inspect.signature ran for an eager dropkit call"
+        return signature(fn, *args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd.function.inspect, "signature", refuse)
+    y = F.dropout(x, 0.3, seed=5)
+    torch.testing.assert_close(y, expected, rtol=0, atol=0)
+    torch.testing.assert_close(torch.autograd.grad(y.sum(), x)[0], grad, rtol=0, atol=0)
+    torch.testing.assert_close(F.gaussian_dropout(x, 0.2, seed=5), noisy)
+
+    escaped: list[torch.Tensor] = []
+    torch.func.grad(lambda t: escaped.append(t) or t.sum())(x)
+    assert torch._C._functorch.is_functorch_wrapped_tensor(escaped[0])
+    (through,) = torch.autograd.grad(F.dropout(escaped[0], 0.3, seed=5).sum(), x)
+    torch.testing.assert_close(through, grad, rtol=0, atol=0)
+
+
 def test_inplace_without_grad_still_bumps_the_version_counter():
     x = torch.randn(8, 8)
     before = x._version
