@@ -278,6 +278,8 @@ def predict_path(model: nn.Module, x: torch.Tensor, samples: int) -> str:
     """How ``predict(vectorize="auto")`` draws the samples of ``model`` at ``x`` (its rule, ``dropkit.mc``)."""
     if _mixes_batch(model):
         return "Python loop (BatchNorm training)"
+    if not dmc._rows_independent(model, x):
+        return "Python loop (rows not independent)"
     prefix, rest = dmc._split_sequential(model)
     where = "prefix once" if prefix is not None else "whole model"
     with torch.no_grad(), dmc.mc_dropout(model):

@@ -466,7 +466,7 @@ def test_predict_stacked_chunks_reuse_a_pure_backbone(monkeypatch):
     got, calls = _samples(model, x, max_rows=16)  # chunks of 4 samples: 3 stacked forwards
     ref, ref_calls = _unmemoised(model, x, monkeypatch, max_rows=16)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)  # a conv on 4 rows vs 16: rounding only
-    assert calls == 2 and ref_calls == 4  # memo: the probe + once; plain: the probe + once per chunk
+    assert calls == 5 and ref_calls == 7  # memo: the row check (3) + the probe + once; plain: 3 + 1 + once per chunk
     assert "forward" not in model.features.__dict__  # the layers are left as they were
 
 
@@ -516,8 +516,8 @@ def test_predict_keeps_no_per_chunk_outputs():
     model = nn.Sequential(nn.Linear(3, 8), nn.Dropout(0.5), nn.Linear(8, 2), Count()).eval()
     mc.predict(model, torch.randn(4, 3), samples=12, task="regression", max_rows=8)  # 6 chunks of 2 samples
     mc.predict(model, torch.randn(4, 3), samples=6, task="regression", vectorize=False)  # 6 forwards
-    assert len(live) == 1 + 6 + 6  # the probe, then the chunks
-    assert max(live[1:]) == max(live[1:3]) and live[-1] == live[-5]  # constant: nothing accumulates per chunk
+    assert len(live) == 3 + 1 + 6 + 6  # the row check, the probe, then the chunks
+    assert max(live[4:]) == max(live[4:6]) and live[-1] == live[-5]  # constant: nothing accumulates per chunk
 
 
 # ---- _Memo: review (in-place layers, random or reassigned weights, shared modules, per-sample edits) -------------
@@ -558,7 +558,7 @@ def test_predict_memo_leaves_the_input_alone():
     x = torch.randn(4, 6)
     x0 = x.clone()
     _samples(ActIn().eval(), x, max_rows=16)  # stacked chunks: the plain forward edits only the repeated copies
-    assert torch.equal(x, x0)  # neither the memo nor the one-row probe wrote into x
+    assert torch.equal(x, x0)  # neither the memo, the row check nor the one-row probe wrote into x
 
 
 class _WeightDrop(nn.Module):
@@ -646,3 +646,63 @@ def test_predict_memo_keeps_no_output_per_sample_when_edited_in_place():
 
     _samples(Edit().eval(), torch.randn(6, 1, 8, 8), vectorize=False)
     assert live[-1] == live[0]  # was: one more stale conv1 output kept per sample
+
+
+# ---- stacking needs rows that map independently (sequence-first inputs do not) ----------------------------------
+
+
+class _SeqFirst(nn.Module):
+    """An LSTM over ``(L, N, 4)`` input (``batch_first=False``) with a dropout head on every step: rows are steps."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn, self.drop, self.head = nn.LSTM(4, 8), nn.Dropout(0.3), nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.head(self.drop(self.rnn(x)[0]))
+
+
+@pytest.mark.parametrize("steps", [5, 1])
+def test_predict_runs_a_sequence_first_model_as_a_loop(steps):
+    """Stacked in dimension 0, the samples' sequences would run on as one: "auto" finds out and loops instead."""
+    torch.manual_seed(0)
+    model, x = _SeqFirst().eval(), torch.randn(steps, 3, 4)
+    assert not mc._rows_independent(model, x)
+    auto = mc.predict(model, x, samples=6, seed=2, task="regression", keep_samples=True).samples
+    loop = mc.predict(model, x, samples=6, seed=2, task="regression", keep_samples=True, vectorize=False).samples
+    assert auto.shape == (6, steps, 3, 2) and torch.equal(auto, loop)
+    with torch.no_grad(), mc.mc_dropout(model):  # what stacking gives: sample 2 starts from sample 1's last state
+        joined = model(torch.cat([x, x]))[steps:]
+    assert not torch.allclose(joined, model.head(model.rnn(x)[0]))
+    assert not model.training and not model.drop.training  # modes left as they were
+
+
+def test_row_check_passes_row_wise_models_and_fails_mixing_ones():
+    torch.manual_seed(0)
+    seq = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.1)
+    batch = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.1, batch_first=True)
+    assert not mc._rows_independent(seq.eval(), torch.randn(7, 3, 16))
+    assert mc._rows_independent(batch.eval(), torch.randn(7, 3, 16))
+    assert mc._rows_independent(_CustomCNN().eval(), torch.randn(1, 1, 8, 8))  # one row: the row twice
+
+    class AlwaysOn(nn.Module):  # dropkit dropout left on in eval: row-aligned masks, as predict draws them
+        def __init__(self, noise: bool):
+            super().__init__()
+            self.fc, self.noise = nn.Linear(6, 6), noise
+
+        def forward(self, x):
+            h = dkF.dropout(self.fc(x), 0.5)
+            return h + torch.randn_like(h) if self.noise else h
+
+    assert mc._rows_independent(AlwaysOn(False).eval(), torch.randn(4, 6))
+    assert not mc._rows_independent(AlwaysOn(True).eval(), torch.randn(4, 6))  # torch's draws: the loop, safe
+
+    class Pooled(nn.Module):  # mixes the batch in eval: a mean over dimension 0
+        def forward(self, x):
+            return nn.functional.dropout(x - x.mean(0), 0.5, self.training)
+
+    x = torch.randn(4, 6)
+    assert not mc._rows_independent(Pooled().eval(), x)
+    assert torch.equal(mc.predict(Pooled().eval(), x, 5, seed=1, task="regression", keep_samples=True).samples,
+                       mc.predict(Pooled().eval(), x, 5, seed=1, task="regression", keep_samples=True,
+                                  vectorize=False).samples)  # fmt: skip

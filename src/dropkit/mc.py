@@ -747,14 +747,18 @@ def predict(
     their values then depend on the grouping.
 
     ``vectorize="auto"`` stacks unless a module in training mode mixes the batch (BatchNorm in training, where
-    stacking would change the result) or a layer draws one mask per batch (per-batch DropConnect, where the
-    stacked samples would share it); ``False`` runs a Python loop of whole-model forwards (deterministic torch
-    layers on the input still computed once, bit for bit the plain forward's outputs). Calls from several
+    stacking would change the result), a layer draws one mask per batch (per-batch DropConnect, where the
+    stacked samples would share it), or the model does not map the rows of ``x`` independently (checked on two
+    rows, :func:`_rows_independent`: a sequence-first ``(L, N, ...)`` input would join the samples' sequences);
+    ``True`` stacks regardless (the caller vouches for the rows); ``False`` runs a Python loop of whole-model
+    forwards (deterministic torch layers on the input still computed once, bit for bit the plain forward's
+    outputs). Calls from several
     threads run one at a time (the seeding and the models' mode switches are process-wide).
 
     Args:
         model: Any ``nn.Module`` with a stochastic path (see :class:`mc_dropout`).
-        x: Input batch, shape ``(N, *)``; the model must treat rows independently.
+        x: Input batch, shape ``(N, *)``. Stacked samples need a model that treats the rows independently;
+            ``"auto"`` checks it (a sequence-first input runs as a loop, correct but slower).
         samples: Number of MC samples :math:`T >= 1`. Default: ``50``.
         task: ``"classification"`` (the model returns logits over dim 1) or ``"regression"``.
         tau: Model precision for regression: adds :math:`\tau^{-1}` to the predictive variance.
@@ -789,12 +793,13 @@ def predict(
     if seed is not None:
         _validate.seed_source(op, seed, None)
 
-    stack = vectorize is True or (vectorize == "auto" and not _mixes_batch(model))
     rng_scope = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
-    with _streams_lock, rng_scope, mc_dropout(model):  # one predict at a time: seeding and mode flags are global
-        if seed is not None:
-            torch.manual_seed(seed)
-        outputs = _draw(model, x, samples, max_rows, stack)
+    with _streams_lock:  # one predict at a time: seeding and mode flags are global
+        auto = vectorize == "auto" and not _mixes_batch(model) and _rows_independent(model, x)
+        with rng_scope, mc_dropout(model):
+            if seed is not None:
+                torch.manual_seed(seed)
+            outputs = _draw(model, x, samples, max_rows, vectorize is True or auto)
     if samples > 1 and bool((outputs == outputs[:1]).all()):
         raise RuntimeError(
             f"{op}: all {samples} MC samples are identical: no stochastic path was active in "
@@ -806,6 +811,48 @@ def predict(
 
 
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+@torch.no_grad()
+def _rows_independent(model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``model`` maps each row of ``x`` (dimension 0) on its own, as stacking samples there requires.
+
+    Checked on two rows with the stochastic paths off (deterministic): a forward of the pair must give one output
+    row per input row, each equal to the forward of its row alone (to a tolerance that allows for kernels whose
+    rounding depends on the batch size). A sequence-first input fails it (``nn.LSTM``'s or
+    ``nn.TransformerEncoder``'s ``(L, N, ...)`` with ``batch_first=False``: row 1 depends on row 0), as does a
+    model that reduces over dimension 0 or raises on fewer rows. With one row, the pair is that row twice (an
+    RNN then carries its state into the copy). dropkit ops that stay on in eval draw the masks :func:`predict`
+    would give the rows (:class:`_SampleStreams`); other draws that do (``torch.randn`` in a forward, torch's
+    ``F.dropout`` with its default ``training=True``) fail the check, and the loop is used: slower, never wrong.
+    """
+    pair = x[:2] if x.shape[0] > 1 else x[:1].expand(2, *x.shape[1:])
+    saved = [(m, m.training) for m in model.modules()]
+    try:
+        for _, m in stochastic_modules(model):
+            m.training = False
+        with _SampleStreams(0, 1, 2) as streams:  # dropkit ops that stay on draw row-aligned masks, as in predict
+            with streams.chunk(0, 2):  # on copies: an in-place first layer must not edit x
+                both = model(pair.clone())
+            with streams.chunk(0, 1):
+                first = model(pair[:1].clone())
+            with streams.chunk(1, 1):
+                second = model(pair[1:].clone())
+    except (RuntimeError, ValueError, IndexError):
+        return False
+    finally:
+        for m, training in saved:
+            m.training = training
+    if not all(isinstance(t, torch.Tensor) for t in (both, first, second)):
+        return True  # not an output predict can summarise; its own error follows
+    if both.shape[:1] != (2,) or first.shape != (1, *both.shape[1:]) or second.shape != first.shape:
+        return False
+    if not both.is_floating_point():
+        return torch.equal(both, torch.cat([first, second]))
+    rtol = max(1e-4, 10 * torch.finfo(both.dtype).eps)
+    alone = torch.cat([first, second])
+    atol = rtol * float(alone.abs().max().nan_to_num())
+    return bool(torch.allclose(both, alone, rtol=rtol, atol=atol, equal_nan=True))
 
 
 def _mixes_batch(model: nn.Module) -> bool:
