@@ -466,7 +466,7 @@ def test_predict_stacked_chunks_reuse_a_pure_backbone(monkeypatch):
     got, calls = _samples(model, x, max_rows=16)  # chunks of 4 samples: 3 stacked forwards
     ref, ref_calls = _unmemoised(model, x, monkeypatch, max_rows=16)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)  # a conv on 4 rows vs 16: rounding only
-    assert calls == 5 and ref_calls == 7  # memo: the row check (3) + the probe + once; plain: 3 + 1 + once per chunk
+    assert calls == 4 and ref_calls == 6  # memo: the row check (2) + the probe + once; plain: 2 + 1 + once per chunk
     assert "forward" not in model.features.__dict__  # the layers are left as they were
 
 
@@ -516,8 +516,8 @@ def test_predict_keeps_no_per_chunk_outputs():
     model = nn.Sequential(nn.Linear(3, 8), nn.Dropout(0.5), nn.Linear(8, 2), Count()).eval()
     mc.predict(model, torch.randn(4, 3), samples=12, task="regression", max_rows=8)  # 6 chunks of 2 samples
     mc.predict(model, torch.randn(4, 3), samples=6, task="regression", vectorize=False)  # 6 forwards
-    assert len(live) == 3 + 1 + 6 + 6  # the row check, the probe, then the chunks
-    assert max(live[4:]) == max(live[4:6]) and live[-1] == live[-5]  # constant: nothing accumulates per chunk
+    assert len(live) == 2 + 1 + 6 + 6  # the row check, the probe, then the chunks
+    assert max(live[3:]) == max(live[3:5]) and live[-1] == live[-5]  # constant: nothing accumulates per chunk
 
 
 # ---- _Memo: review (in-place layers, random or reassigned weights, shared modules, per-sample edits) -------------
