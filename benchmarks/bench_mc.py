@@ -27,7 +27,11 @@ B. "Never slower than the loop": models where ``predict`` cannot use the ``Seque
    - ``bn-train``: a ``Sequential`` MLP with ``BatchNorm1d`` in TRAINING mode and ``Dropout(0.5)``, batch 256
      (BatchNorm mixes the batch, so ``predict`` runs a Python loop, on dropkit's dropout kernels);
    - ``transformer``: one ``TransformerEncoderLayer`` (d_model 64, 4 heads, dropout 0.1, ``batch_first``), mean
-     pooled, and a Linear head, on (32, 16, 64) inputs; its loop baseline runs under ``model.train()``.
+     pooled, and a Linear head, on (32, 16, 64) inputs; its loop baseline runs under ``model.train()``;
+   - ``lstm``: a 2-layer ``nn.LSTM`` (32 -> 64, dropout 0.25 between layers, ``batch_first``), ``Dropout(0.25)``
+     on the last step and a Linear head, on (32, 16, 32) inputs;
+   - ``lstm-seq-first``: the same with ``batch_first=False`` on (16, 32, 32) inputs: dimension 0 is time, so
+     ``predict``'s row check sends it to the loop (stacking would join the samples' sequences).
 
    Contenders: ``loop`` and ``dropkit`` (plus ``stacked-torch`` where stacking is valid, for reference).
    Reported: loop/dropkit per model (target >= 1, within noise).
@@ -270,6 +274,20 @@ class SmallTransformer(nn.Module):
         return self.head(self.encoder(x).mean(1))
 
 
+class SmallLSTM(nn.Module):
+    """A 2-layer LSTM (dropout between layers), ``Dropout`` on the last step's output, and a Linear head."""
+
+    def __init__(self, batch_first: bool = True, features: int = 32, hidden: int = 64, classes: int = 10) -> None:
+        super().__init__()
+        self.batch_first = batch_first
+        self.rnn = nn.LSTM(features, hidden, num_layers=2, dropout=0.25, batch_first=batch_first)
+        self.drop, self.head = nn.Dropout(0.25), nn.Linear(hidden, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.rnn(x)[0]
+        return self.head(self.drop(y[:, -1] if self.batch_first else y[-1]))
+
+
 def _mixes_batch(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules())
 
@@ -385,12 +403,18 @@ def _b_models(cfg: Config) -> list[tuple[str, str, nn.Module, torch.Tensor, bool
     x_bn = torch.randn(cfg.batch_bn, 784)
     tf = SmallTransformer(cfg.d_model).eval()
     x_tf = torch.randn(cfg.batch_tf, cfg.seq_tf, cfg.d_model)
+    lstm, lstm_seq = SmallLSTM().eval(), SmallLSTM(batch_first=False).eval()
+    x_lstm = torch.randn(cfg.batch_tf, cfg.seq_tf, 32)
     return [
         ("cnn", "conv-relu-Dropout2d-conv-relu-flatten-linear, custom forward", cnn, x_cnn, True),
         ("backbone", "conv features + pooling + 2x Dropout(0.5) head, custom forward (torchvision layout)", backbone,
          x_backbone, True),
         ("bn-train", "784-512-10 MLP, BatchNorm1d (training) + Dropout(0.5)", bn, x_bn, False),
         ("transformer", f"TransformerEncoderLayer d{cfg.d_model} h4 dropout 0.1 + mean + Linear", tf, x_tf, True),
+        ("lstm", "2-layer LSTM 32-64 (dropout 0.25), batch_first, Dropout(0.25) + Linear on the last step", lstm,
+         x_lstm, True),
+        ("lstm-seq-first", "the same LSTM net with batch_first=False (input: time, batch, features)", lstm_seq,
+         x_lstm.transpose(0, 1).contiguous(), False),
     ]
 
 
@@ -519,7 +543,7 @@ def _machine_lines(m: dict[str, Any], cfg: Config) -> list[str]:
         f"allocator: {m.get('allocator', 'glibc defaults')}",
         f"settings: {cfg.rounds} rounds, warmup {cfg.warmup} call(s), samples >= {cfg.min_sample_s * 1e3:.0f} ms; "
         f"A: T={cfg.samples_a}, batch {cfg.batch_a}; B: T={cfg.samples_b}, batches {cfg.batch_cnn} (cnn), "
-        f"{cfg.batch_bn} (bn-train), {cfg.batch_tf}x{cfg.seq_tf} (transformer)",
+        f"{cfg.batch_bn} (bn-train), {cfg.batch_tf}x{cfg.seq_tf} (transformer, lstm)",
     ]
 
 

@@ -34,8 +34,10 @@ def test_bench_mc_quick_runs_every_case(tmp_path, capsys):
         assert timing.ratio(num, den)["median"] > 0
 
     fallbacks = {r["name"]: r for r in results["fallbacks"]}
-    assert set(fallbacks) == {"cnn", "backbone", "bn-train", "transformer"}
+    assert set(fallbacks) == {"cnn", "backbone", "bn-train", "transformer", "lstm", "lstm-seq-first"}
     assert fallbacks["bn-train"]["path"].startswith("Python loop")
+    assert fallbacks["lstm-seq-first"]["path"] == "Python loop (rows not independent)"
+    assert fallbacks["lstm"]["path"] == "stacked 5 per forward, whole model"
     assert fallbacks["cnn"]["path"] == fallbacks["transformer"]["path"] == "stacked 5 per forward, whole model"
     for r in fallbacks.values():
         t = r["timing"]
@@ -44,6 +46,7 @@ def test_bench_mc_quick_runs_every_case(tmp_path, capsys):
         assert all(x > 0 for times in t.times.values() for x in times)
         assert t.ratio("loop", "dropkit")["median"] > 0
     assert "stacked-torch" not in fallbacks["bn-train"]["timing"].times
+    assert "stacked-torch" not in fallbacks["lstm-seq-first"]["timing"].times
 
     text = capsys.readouterr().out
     assert "loop/dropkit" in text and "dropkit/floor" in text
