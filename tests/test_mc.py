@@ -706,3 +706,17 @@ def test_row_check_passes_row_wise_models_and_fails_mixing_ones():
     assert torch.equal(mc.predict(Pooled().eval(), x, 5, seed=1, task="regression", keep_samples=True).samples,
                        mc.predict(Pooled().eval(), x, 5, seed=1, task="regression", keep_samples=True,
                                   vectorize=False).samples)  # fmt: skip
+
+
+def test_predict_names_a_model_that_returns_no_tensor():
+    class Dict(nn.Module):  # the Hugging Face habit: a dict or ModelOutput
+        def __init__(self):
+            super().__init__()
+            self.fc, self.drop = nn.Linear(3, 2), nn.Dropout(0.5)
+
+        def forward(self, x):
+            return {"logits": self.fc(self.drop(x))}
+
+    for vectorize in ("auto", False):
+        with pytest.raises(TypeError, match=r"model must return a tensor, but Dict returned 'dict'"):
+            mc.predict(Dict().eval(), torch.randn(4, 3), samples=3, vectorize=vectorize)

@@ -694,6 +694,11 @@ def _draw(model: nn.Module, x: torch.Tensor, samples: int, max_rows: int, vector
                         out = rest[1:](streams.repeated_dropout(h, t, first.p))
                     else:
                         out = rest(memo.add(_repeat(h, t), h, t) if t > 1 else h)
+                if not isinstance(out, torch.Tensor):
+                    raise TypeError(
+                        f"predict: the model must return a tensor, but {type(model).__name__} returned "
+                        f"{type(out).__name__!r}; wrap it in a module that returns the logits or outputs."
+                    )
                 result = _store(result, out.unflatten(0, (t, -1)), done, samples)
                 done += t
         return result
@@ -819,12 +824,13 @@ def _rows_independent(model: nn.Module, x: torch.Tensor) -> bool:
 
     Checked on two rows with the stochastic paths off (deterministic), in two forwards: the pair's must give one
     output row per input row, and its second row must equal the forward of the second row alone (to a tolerance
-    that allows for kernels whose rounding depends on the batch size). A sequence-first input fails it (``nn.LSTM``'s or
-    ``nn.TransformerEncoder``'s ``(L, N, ...)`` with ``batch_first=False``: row 1 depends on row 0), as does a
-    model that reduces over dimension 0 or raises on fewer rows. With one row, the pair is that row twice (an
-    RNN then carries its state into the copy). dropkit ops that stay on in eval draw the masks :func:`predict`
-    would give the rows (:class:`_SampleStreams`); other draws that do (``torch.randn`` in a forward, torch's
-    ``F.dropout`` with its default ``training=True``) fail the check, and the loop is used: slower, never wrong.
+    that allows for kernels whose rounding depends on the batch size). A sequence-first input fails it
+    (``nn.LSTM``'s or ``nn.TransformerEncoder``'s ``(L, N, ...)`` with ``batch_first=False``: row 1 depends on
+    row 0), as does a model that reduces over dimension 0 or raises on fewer rows. With one row, the pair is that
+    row twice (an RNN then carries its state into the copy). dropkit ops that stay on in eval draw the masks
+    :func:`predict` would give the rows (:class:`_SampleStreams`); other draws that do (``torch.randn`` in a
+    forward, torch's ``F.dropout`` with its default ``training=True``) fail the check, and the loop is used:
+    slower, never wrong.
     """
     pair = x[:2] if x.shape[0] > 1 else x[:1].expand(2, *x.shape[1:])
     saved = [(m, m.training) for m in model.modules()]
