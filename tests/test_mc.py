@@ -466,7 +466,7 @@ def test_predict_stacked_chunks_reuse_a_pure_backbone(monkeypatch):
     got, calls = _samples(model, x, max_rows=16)  # chunks of 4 samples: 3 stacked forwards
     ref, ref_calls = _unmemoised(model, x, monkeypatch, max_rows=16)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)  # a conv on 4 rows vs 16: rounding only
-    assert calls == 4 and ref_calls == 6  # memo: the row check (2) + the probe + once; plain: 2 + 1 + once per chunk
+    assert calls == 5 and ref_calls == 7  # memo: the row check (3) + the probe + once; plain: 3 + 1 + once per chunk
     assert "forward" not in model.features.__dict__  # the layers are left as they were
 
 
@@ -516,8 +516,8 @@ def test_predict_keeps_no_per_chunk_outputs():
     model = nn.Sequential(nn.Linear(3, 8), nn.Dropout(0.5), nn.Linear(8, 2), Count()).eval()
     mc.predict(model, torch.randn(4, 3), samples=12, task="regression", max_rows=8)  # 6 chunks of 2 samples
     mc.predict(model, torch.randn(4, 3), samples=6, task="regression", vectorize=False)  # 6 forwards
-    assert len(live) == 2 + 1 + 6 + 6  # the row check, the probe, then the chunks
-    assert max(live[3:]) == max(live[3:5]) and live[-1] == live[-5]  # constant: nothing accumulates per chunk
+    assert len(live) == 3 + 1 + 6 + 6  # the row check, the probe, then the chunks
+    assert max(live[4:]) == max(live[4:6]) and live[-1] == live[-5]  # constant: nothing accumulates per chunk
 
 
 # ---- _Memo: review (in-place layers, random or reassigned weights, shared modules, per-sample edits) -------------
@@ -720,3 +720,73 @@ def test_predict_names_a_model_that_returns_no_tensor():
     for vectorize in ("auto", False):
         with pytest.raises(TypeError, match=r"model must return a tensor, but Dict returned 'dict'"):
             mc.predict(Dict().eval(), torch.randn(4, 3), samples=3, vectorize=vectorize)
+
+
+class _Reversed(nn.Module):
+    """A sequence-first LSTM read backwards: step 0 depends on step 1, not the other way."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn, self.drop, self.head = nn.LSTM(4, 8), nn.Dropout(0.3), nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.head(self.drop(self.rnn(x.flip(0))[0].flip(0)))
+
+
+class _BatchMean(nn.Module):
+    """Adds the batch mean after the dropout: rows couple through it."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.drop, self.out = nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 2)
+
+    def forward(self, x):
+        h = self.drop(self.fc(x))
+        return self.out(h + h.mean(0, keepdim=True))
+
+
+def _padded(x):
+    x[0] = x[1] = 0  # left padding: the first two steps are the same
+    return x
+
+
+@pytest.mark.parametrize(
+    ("model", "x"),
+    [
+        pytest.param(_Reversed(), torch.randn(5, 3, 4), id="coupling-backwards"),
+        pytest.param(nn.TransformerEncoderLayer(16, 2, 32, dropout=0.1), torch.randn(1, 3, 16), id="one-step"),
+        pytest.param(nn.TransformerEncoderLayer(16, 2, 32, dropout=0.1), _padded(torch.randn(5, 3, 16)),
+                     id="equal-first-rows"),  # fmt: skip
+        pytest.param(_BatchMean(), torch.randn(1, 4), id="batch-mean-one-row"),
+    ],
+)
+def test_row_check_sees_couplings_that_one_direction_or_equal_rows_would_hide(model, x):
+    """Adversarial review: the check compares both rows, and two different ones."""
+    torch.manual_seed(0)
+    model.eval()
+    assert not mc._rows_independent(model, x)
+    kw = {"samples": 6, "seed": 2, "task": "regression", "keep_samples": True}
+    torch.testing.assert_close(mc.predict(model, x, **kw).samples, mc.predict(model, x, vectorize=False, **kw).samples)
+
+
+def test_row_check_keeps_its_tolerance_with_infinite_outputs_and_leaves_the_generator_alone():
+    class MaskedClass(_SeqFirst):  # a class masked with -inf must not switch the comparison's tolerance off
+        def forward(self, x):
+            return super().forward(x).masked_fill(torch.tensor([True, False]), float("-inf"))
+
+    torch.manual_seed(0)
+    model = MaskedClass().eval()
+    assert not mc._rows_independent(model, torch.randn(5, 3, 4))
+
+    class Noisy(nn.Module):  # draws from torch's generator in eval: the check must not move it under seed=
+        def __init__(self):
+            super().__init__()
+            self.fc, self.drop = nn.Linear(4, 2), nn.Dropout(0.5)
+
+        def forward(self, x):
+            return self.drop(self.fc(x)) + 0.01 * torch.randn(x.shape[0], 2)
+
+    noisy, x = Noisy().eval(), torch.randn(3, 4)
+    state = torch.get_rng_state()
+    mc.predict(noisy, x, samples=4, seed=1)
+    assert torch.equal(torch.get_rng_state(), state)

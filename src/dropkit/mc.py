@@ -799,9 +799,9 @@ def predict(
         _validate.seed_source(op, seed, None)
 
     rng_scope = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
-    with _streams_lock:  # one predict at a time: seeding and mode flags are global
+    with _streams_lock, rng_scope:  # one predict at a time: seeding and mode flags are global
         auto = vectorize == "auto" and not _mixes_batch(model) and _rows_independent(model, x)
-        with rng_scope, mc_dropout(model):
+        with mc_dropout(model):
             if seed is not None:
                 torch.manual_seed(seed)
             outputs = _draw(model, x, samples, max_rows, vectorize is True or auto)
@@ -818,21 +818,53 @@ def predict(
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
+def _two_rows(x: torch.Tensor) -> torch.Tensor | None:
+    """Two different rows of ``x`` for :func:`_rows_independent`: the first and the first that differs from it.
+
+    Identical rows would hide a symmetric coupling (attention over the two, a mean over the batch). Where all
+    rows are equal (one row, or padding), the second is the first plus one for floating-point input; for
+    integer input (token ids, which a made-up value could put out of range) there is none, and ``None`` sends
+    :func:`predict` to the loop.
+    """
+    first = x[:1]
+    differs = (x != first).reshape(x.shape[0], -1).any(1).nonzero()
+    if differs.numel():
+        j = int(differs[0])
+        return torch.cat([first, x[j : j + 1]])
+    if x.is_floating_point() or x.is_complex():
+        return torch.cat([first, first + 1])
+    return None
+
+
+def _matches(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """``a`` equals ``b`` to a tolerance for kernels whose rounding depends on the batch size (4 ulp, >= 1e-4).
+
+    The absolute part scales with ``b``'s largest finite magnitude: an infinite output must not switch it off.
+    """
+    if not a.is_floating_point():
+        return torch.equal(a, b)
+    rtol = max(1e-4, 4 * torch.finfo(a.dtype).eps)
+    finite = b[torch.isfinite(b)]
+    atol = rtol * float(finite.abs().max()) if finite.numel() else 0.0
+    return bool(torch.allclose(a, b, rtol=rtol, atol=atol, equal_nan=True))
+
+
 @torch.no_grad()
 def _rows_independent(model: nn.Module, x: torch.Tensor) -> bool:
     """Whether ``model`` maps each row of ``x`` (dimension 0) on its own, as stacking samples there requires.
 
-    Checked on two rows with the stochastic paths off (deterministic), in two forwards: the pair's must give one
-    output row per input row, and its second row must equal the forward of the second row alone (to a tolerance
-    that allows for kernels whose rounding depends on the batch size). A sequence-first input fails it
-    (``nn.LSTM``'s or ``nn.TransformerEncoder``'s ``(L, N, ...)`` with ``batch_first=False``: row 1 depends on
-    row 0), as does a model that reduces over dimension 0 or raises on fewer rows. With one row, the pair is that
-    row twice (an RNN then carries its state into the copy). dropkit ops that stay on in eval draw the masks
-    :func:`predict` would give the rows (:class:`_SampleStreams`); other draws that do (``torch.randn`` in a
-    forward, torch's ``F.dropout`` with its default ``training=True``) fail the check, and the loop is used:
-    slower, never wrong.
+    Checked on two different rows (:func:`_two_rows`) with the stochastic paths off (deterministic), in three
+    forwards: the pair's must give one output row per input row, each equal to the forward of its row alone
+    (:func:`_matches`). Both rows are compared: a coupling may run either way (a sequence read backwards). A
+    sequence-first input fails it (``nn.LSTM``'s or ``nn.TransformerEncoder``'s ``(L, N, ...)`` with
+    ``batch_first=False``: one time step depends on another), as does a model that reduces over dimension 0 or
+    raises on fewer rows. dropkit ops that stay on in eval draw the masks :func:`predict` would give the rows
+    (:class:`_SampleStreams`); other draws that do (``torch.randn`` in a forward, torch's ``F.dropout`` with its
+    default ``training=True``) fail the check, and the loop is used: slower, never wrong.
     """
-    pair = x[:2] if x.shape[0] > 1 else x[:1].expand(2, *x.shape[1:])
+    pair = _two_rows(x)
+    if pair is None:
+        return False
     saved = [(m, m.training) for m in model.modules()]
     try:
         for _, m in stochastic_modules(model):
@@ -840,22 +872,20 @@ def _rows_independent(model: nn.Module, x: torch.Tensor) -> bool:
         with _SampleStreams(0, 1, 2) as streams:  # dropkit ops that stay on draw row-aligned masks, as in predict
             with streams.chunk(0, 2):  # on copies: an in-place first layer must not edit x
                 both = model(pair.clone())
-            with streams.chunk(1, 1):
-                second = model(pair[1:].clone())
+            alone = []
+            for row in range(2):
+                with streams.chunk(row, 1):
+                    alone.append(model(pair[row : row + 1].clone()))
     except (RuntimeError, ValueError, IndexError):
         return False
     finally:
         for m, training in saved:
             m.training = training
-    if not (isinstance(both, torch.Tensor) and isinstance(second, torch.Tensor)):
+    if not all(isinstance(t, torch.Tensor) for t in (both, *alone)):
         return True  # not an output predict can summarise; its own error follows
-    if both.shape[:1] != (2,) or second.shape != (1, *both.shape[1:]):
+    if both.shape[:1] != (2,) or any(t.shape != (1, *both.shape[1:]) for t in alone):
         return False
-    if not both.is_floating_point():
-        return torch.equal(both[1:], second)
-    rtol = max(1e-4, 10 * torch.finfo(both.dtype).eps)
-    atol = rtol * float(second.abs().max().nan_to_num())
-    return bool(torch.allclose(both[1:], second, rtol=rtol, atol=atol, equal_nan=True))
+    return _matches(both[:1], alone[0]) and _matches(both[1:], alone[1])
 
 
 def _mixes_batch(model: nn.Module) -> bool:
