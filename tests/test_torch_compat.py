@@ -239,6 +239,36 @@ def test_eval_returns_the_input_itself_like_torch():
             assert theirs(x) is x
 
 
+@pytest.mark.parametrize(
+    ("ours", "theirs"),
+    [
+        (F.dropout2d, torch.nn.functional.dropout2d),
+        (F.dropout3d, torch.nn.functional.dropout3d),
+        (F.feature_alpha_dropout, torch.nn.functional.feature_alpha_dropout),
+    ],
+)
+@pytest.mark.parametrize("shape", [(), (3,)])
+def test_channel_ops_check_the_rank_only_when_they_draw_a_mask_like_torch(ours, theirs, shape):
+    """torch's feature dropouts need channels only to draw a mask: in eval and at p = 0 or 1 any rank passes.
+
+    (OpInfo's ``feature_alpha_dropout`` "without_train" samples are such inputs, of shapes ``(S,)`` and ``()``.)
+    """
+    import warnings
+
+    x = torch.ones(shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the unusual-rank warnings, which both give
+        for p, training in [(0.5, False), (0.0, True), (1.0, True)]:
+            torch.testing.assert_close(ours(x, p, training), theirs(x, p, training))
+        try:
+            expected = theirs(x, 0.5, True)
+        except RuntimeError:
+            with pytest.raises(RuntimeError, match="at least"):
+                ours(x, 0.5, True)
+        else:
+            assert ours(x, 0.5, True).shape == expected.shape
+
+
 def test_integer_input_in_eval_passes_through_like_torch():
     x = torch.arange(6)
     assert F.dropout(x, 0.5, training=False) is x

@@ -462,8 +462,13 @@ def dropout(
     return input if inplace or y is view else y.permute(sorted(range(len(perm)), key=perm.__getitem__))
 
 
-def _channel_dims(op: str, input: torch.Tensor) -> int:
-    """Return how many leading dimensions a channel mask covers for dropout1d/2d/3d, with torch's rules."""
+def _channel_dims(op: str, input: torch.Tensor, drops: bool = True) -> int:
+    """Return how many leading dimensions a channel mask covers for dropout1d/2d/3d, with torch's rules.
+
+    As in torch, a rank too small for a channel mask is an error only when a mask is drawn (``drops``: training
+    with ``0 < p < 1``); in eval, at ``p = 0`` and at ``p = 1`` any rank passes (dropout1d's rank check and the
+    warnings apply always, as torch's do).
+    """
     ndim = input.dim() if isinstance(input, torch.Tensor) else 0
     if op == "dropout1d":
         if ndim not in (2, 3):
@@ -484,14 +489,16 @@ def _channel_dims(op: str, input: torch.Tensor) -> int:
                 "dropout2d: Received a 3D input to dropout2d and assuming that channel-wise 1D dropout behavior is "
                 "desired: the input is read as (N, C, L), as torch does. Use dropout1d() to say so explicitly."
             )
-        _validate.min_dim(op, input, 2, "(N, C, *)")
+        if drops:
+            _validate.min_dim(op, input, 2, "(N, C, *)")
         return 2
     if ndim not in (4, 5):
         _validate.warn(
             f"dropout3d: Received a {ndim}-D input to dropout3d; expected (N, C, D, H, W) or (C, D, H, W). "
             "The input is read as unbatched, as torch does; use dropout() for per-element dropout."
         )
-    _validate.min_dim(op, input, 1, "(C, *)")
+    if drops:
+        _validate.min_dim(op, input, 1, "(C, *)")
     return 2 if ndim == 5 else 1
 
 
@@ -547,7 +554,9 @@ def _channel_op(op: str, layout: str, shape: str):
     ) -> torch.Tensor:
         p = _checked(op, p, keep, seed, generator)
         _validate.tensor_input(op, input, False)
-        return _masked(op, input, p, training, inplace, mode, seed, generator, mask_dims=_channel_dims(op, input))
+        drops = (bool(training) or _forced_training) and 0.0 < p < 1.0 and input.numel() > 0
+        dims = _channel_dims(op, input, drops)
+        return _masked(op, input, p, training, inplace, mode, seed, generator, mask_dims=dims if drops else -1)
 
     channel_dropout.__name__ = channel_dropout.__qualname__ = op
     channel_dropout.__doc__ = _channel_doc(op, layout, shape)
@@ -575,13 +584,13 @@ def _alpha(
     p = _checked(op, p, keep, seed, generator)
     training = bool(training) or _forced_training
     _validate.tensor_input(op, input, training)
-    if mask_dims == 2:
-        _validate.min_dim(op, input, 2, "(N, C, *)")
     if not training or p == 0.0 or input.numel() == 0:
         return input
-    if p == 1.0:
-        spec = _spec(input, seed, generator, p, 0.0, mask_dims=mask_dims)
+    if p == 1.0:  # every unit dropped: no mask to shape, any rank (as torch)
+        spec = _spec(input, seed, generator, p, 0.0)
     else:
+        if mask_dims == 2:  # a channel mask needs channels: torch's "at least 2 dimensions", only when drawing one
+            _validate.min_dim(op, input, 2, "(N, C, *)")
         a = 1.0 / math.sqrt((SELU_ALPHA_PRIME**2 * p + 1.0) * (1.0 - p))
         bias, fill = SELU_ALPHA_PRIME * a * p, SELU_ALPHA_PRIME * a * (p - 1.0)
         spec = _spec(input, seed, generator, p, a, bias, fill, mask_dims)
