@@ -645,12 +645,6 @@ ERRORS = [
         ValueError,
         "drop_block1d: input must be a 3-D tensor (N, C, L), but got a 4-D input.",
     ),
-    (
-        lambda: F.drop_block2d(torch.ones(2, 3, 8, 5), 0.1, 7),
-        ValueError,
-        "drop_block2d: block_size must be <= the smallest spatial dimension of the input (5, of spatial shape (8, 5)), "
-        "but got 7.",
-    ),
     (lambda: F.drop_block2d(X4, 0.1, 0), ValueError, "drop_block2d: block_size must be an int >= 1, but got 0."),
     (lambda: F.drop_block2d(X4, 0.1, 3.0), TypeError, "drop_block2d: block_size must be an int, but got 3.0."),
     (lambda: F.drop_block2d(X4, 0.1, 3, eps=-1.0), ValueError, "drop_block2d: eps must be a finite number >= 0"),
@@ -685,11 +679,14 @@ def test_error_messages(call, exc, message):
         call()
 
 
-def test_eval_still_checks_rank_and_block_size():
-    with pytest.raises(ValueError, match="drop_block2d: block_size must be <="):
-        F.drop_block2d(torch.ones(1, 1, 2, 2), 0.1, 3, training=False)
+def test_eval_still_checks_rank_and_a_block_larger_than_the_map_is_clamped_to_it():
     with pytest.raises(ValueError, match="drop_block2d: input must be a 4-D tensor"):
         dnn.DropBlock2d(0.1, 3).eval()(torch.ones(8, 8))
+    x = torch.randn(2, 3, 8, 5)  # torchvision and timm: block_size = min(block_size, H, W)
+    assert F.drop_block2d(x, 0.3, 7, training=False) is x
+    torch.testing.assert_close(F.drop_block2d(x, 0.3, 7, seed=4), F.drop_block2d(x, 0.3, 5, seed=4), rtol=0, atol=0)
+    v = torch.randn(1, 2, 3, 6, 6)
+    torch.testing.assert_close(F.drop_block3d(v, 0.5, 9, seed=1), F.drop_block3d(v, 0.5, 3, seed=1), rtol=0, atol=0)
 
 
 def test_bench_drop_path_smoke_run(capsys):

@@ -284,16 +284,6 @@ def has_batch_dim(op: str, x: torch.Tensor, hint: str = "") -> None:
         raise ShapeError(f"{op}: input must have a batch dimension (N, *), but got a 0-D input.{hint}")
 
 
-def block_fits(op: str, block_size: int, spatial: tuple[int, ...]) -> None:
-    """Raise ``ValueError`` if a ``block_size`` block does not fit in the spatial dimensions ``spatial``."""
-    smallest = min(spatial)
-    if block_size > smallest:
-        raise ValueError(
-            f"{op}: block_size must be <= the smallest spatial dimension of the input ({smallest}, of spatial "
-            f"shape {tuple(spatial)}), but got {block_size}."
-        )
-
-
 def depths(op: str, value: object) -> tuple[tuple[int, ...], bool]:
     """Return ``(depths, staged)``: an int gives one stage (``staged=False``), a sequence one int ``>= 0`` per stage."""
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):

@@ -1866,9 +1866,9 @@ def _drop_block(
     _validate.tensor_input(op, input, training)
     hint = " Use dropout() for per-element or dropout2d() for per-channel dropout."
     _validate.exact_rank(op, input, dims + 2, _BLOCK_LAYOUTS[dims], hint)
-    _validate.block_fits(op, block_size, tuple(input.shape[2:]))
     if not training or p == 0.0 or input.numel() == 0:
         return input
+    block_size = min(block_size, *input.shape[2:])  # a block as large as the map at most, as torchvision and timm
     gamma = _block_gamma(p, block_size, tuple(input.shape[2:]))
     threshold, traced_p = _keep_threshold(input, gamma)  # gamma is symbolic under dynamic shapes
     spec = MaskSpec(_seed(seed, generator), 0, threshold, 0.0 if p == 1.0 else 1.0, p=traced_p)
@@ -1901,7 +1901,8 @@ _DROP_BLOCK_DOC = r"""DropBlock: zero contiguous {what} of {layout} feature maps
     Args:
         input: Input tensor {layout}.
         p: Probability of an element being dropped. Must satisfy ``0 <= p <= 1``.
-        block_size: Side of the dropped blocks, ``1 <= block_size <=`` the smallest spatial dimension.
+        block_size: Side of the dropped blocks, ``>= 1``; a larger one than the smallest spatial dimension is
+            clamped to it, as torchvision and timm do.
         inplace: Modify ``input`` in place. Default: ``False``.
         eps: Added to the kept count in the normalisation's denominator, ``>= 0``. Default: ``1e-06``.
         training: Apply DropBlock if ``True``; identity otherwise. Default: ``True``.
@@ -1918,8 +1919,8 @@ _DROP_BLOCK_DOC = r"""DropBlock: zero contiguous {what} of {layout} feature maps
         Tensor with the same shape, dtype and device as ``input``.
 
     Raises:
-        ValueError: If ``p`` is outside ``[0, 1]``, the input is not {rank}-D, ``block_size`` is larger than a
-            spatial dimension, or ``eps`` is negative.
+        ValueError: If ``p`` is outside ``[0, 1]``, the input is not {rank}-D, ``block_size < 1``, or ``eps`` is
+            negative.
         TypeError: If ``block_size`` is not an int or ``input`` is not floating point in training.
 
     Example:
