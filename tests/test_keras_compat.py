@@ -94,7 +94,8 @@ def test_gaussian_noise_statistics_as_keras():
     [
         ((20, 1), ValueError, r"dropout: noise_shape must have one entry per input dimension \(3\)"),
         ((20, 3, 10), ValueError, r"dropout: noise_shape\[1\] must be None, 1 or the input's size 5, but got 3"),
-        ((20, 1.5, 10), ValueError, r"noise_shape\[1\] must be None, 1 or the input's size 5, but got 1.5"),
+        ((20, 1.5, 10), ValueError, r"noise_shape\[1\] must be None or an int >= 0 \(1 or the input's size along"),
+        ((20, -1, 10), ValueError, r"noise_shape\[1\] must be None or an int >= 0 .*but got -1"),
         ("abc", TypeError, r"dropout: noise_shape must be a tuple of ints \(or None entries\) or None"),
     ],
 )
@@ -106,6 +107,9 @@ def test_noise_shape_errors(noise_shape, exc, message):
 def test_module_noise_shape_type_error_and_repr():
     with pytest.raises(TypeError, match=r"Dropout: noise_shape must be a tuple"):
         dnn.Dropout(0.5, noise_shape=3)
+    for bad in [(20, 1.5, 10), (20, -1, 10), (True, 1)]:  # refused at construction, as Keras does
+        with pytest.raises(ValueError, match=r"Dropout: noise_shape\[\d\] must be None or an int >= 0"):
+            dnn.Dropout(0.5, noise_shape=bad)
     assert "noise_shape=(None, 1, None)" in repr(dnn.Dropout(0.5, noise_shape=[None, 1, None]))
     assert "noise_shape" not in repr(dnn.Dropout(0.5))
 

@@ -419,4 +419,10 @@ def noise_shape_arg(op: str, value: object) -> tuple[int | None, ...] | None:
         return None
     if not isinstance(value, (tuple, list, torch.Size)):
         raise _fail(op, "noise_shape", "a tuple of ints (or None entries) or None", value, TypeError)
+    for i, entry in enumerate(value):  # what no input can match is refused at once (a module: at construction)
+        if entry is not None and (isinstance(entry, bool) or not isinstance(entry, numbers.Integral) or entry < 0):
+            raise ShapeError(
+                f"{op}: noise_shape[{i}] must be None or an int >= 0 (1 or the input's size along that dimension), "
+                f"but got {entry!r} (noise_shape {tuple(value)!r})."
+            )
     return tuple(value)
