@@ -76,7 +76,8 @@ def test_inplace_and_functional_ops_compile_bit_exact():
         a = F.dropout(x * 1.0, 0.4, inplace=True)
         b = F.dropout(x, 0.4, seed=123)
         c = F.alpha_dropout(x, 0.3, training=True, seed=2**64 - 1)  # a seed above 2^63
-        return a + b + c
+        d = F.gaussian_dropout(x * 1.0, 0.3, inplace=True, seed=5)  # was: "mark_dirty input not returned"
+        return a + b + c + d
 
     x = torch.randn(7, 9, requires_grad=True)
     compiled = torch.compile(f, fullgraph=True)
@@ -87,6 +88,24 @@ def test_inplace_and_functional_ops_compile_bit_exact():
     yc = compiled(x)
     (gc,) = torch.autograd.grad(yc.sum(), x)
     assert torch.equal(ye, yc) and torch.equal(ge, gc)
+
+
+def test_inplace_call_whose_result_is_discarded_compiles_with_eager_gradients():
+    """``F.dropout(h, p, inplace=True)`` used for its effect on ``h`` (torch 2.11's dynamo lost the mask here)."""
+
+    def f(x):
+        h = x * 1.0
+        F.dropout(h, 0.5, inplace=True, seed=3)
+        F.gaussian_dropout(h, 0.2, inplace=True, seed=4)
+        return h
+
+    x = torch.randn(16, requires_grad=True)
+    ye = f(x)
+    (ge,) = torch.autograd.grad(ye.sum(), x)
+    yc = torch.compile(f, fullgraph=True)(x)
+    (gc,) = torch.autograd.grad(yc.sum(), x)
+    assert torch.equal(ye, yc)
+    torch.testing.assert_close(gc, ge)
 
 
 def test_two_draws_in_one_graph_stay_distinct():

@@ -191,7 +191,10 @@ class _GaussianFn(torch.autograd.Function):
     @staticmethod
     def forward(x, seed: int, sigma: float, multiply: bool, inplace: bool, noise_dims: int):  # type: ignore[override]
         y = _gaussian(x, seed, sigma, multiply, noise_dims)
-        return x.copy_(y) if inplace else y
+        if inplace:
+            x.copy_(y)
+            return x  # x itself: dynamo checks that a dirty input is what forward returns (not copy_'s result)
+        return y
 
     @staticmethod
     def setup_context(ctx, inputs: tuple, output: torch.Tensor) -> None:
