@@ -790,3 +790,14 @@ def test_row_check_keeps_its_tolerance_with_infinite_outputs_and_leaves_the_gene
     state = torch.get_rng_state()
     mc.predict(noisy, x, samples=4, seed=1)
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_row_check_of_one_row_of_token_ids_uses_the_row_rolled():
+    """One sentence (N = 1): the second row is the same ids in another order, so an Embedding model still stacks."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(50, 8), nn.Dropout(0.3), nn.Flatten(), nn.Linear(8 * 6, 3)).eval()
+    ids = torch.randint(0, 50, (1, 6))
+    assert torch.equal(mc._two_rows(ids), torch.cat([ids, ids.roll(1, -1)]))
+    assert mc._rows_independent(model, ids)
+    assert mc._two_rows(torch.full((1, 6), 7)) is None  # a constant row of ids: no valid different row, the loop
+    assert torch.equal(mc._two_rows(torch.zeros(1, 3)), torch.tensor([[0.0, 0, 0], [1, 1, 1]]))

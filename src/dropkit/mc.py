@@ -757,8 +757,8 @@ def predict(
     rows, :func:`_rows_independent`: a sequence-first ``(L, N, ...)`` input would join the samples' sequences);
     ``True`` stacks regardless (the caller vouches for the rows); ``False`` runs a Python loop of whole-model
     forwards (deterministic torch layers on the input still computed once, bit for bit the plain forward's
-    outputs). Calls from several
-    threads run one at a time (the seeding and the models' mode switches are process-wide).
+    outputs). Calls from several threads run one at a time (the seeding and the models' mode switches are
+    process-wide).
 
     Args:
         model: Any ``nn.Module`` with a stochastic path (see :class:`mc_dropout`).
@@ -822,8 +822,9 @@ def _two_rows(x: torch.Tensor) -> torch.Tensor | None:
     """Two different rows of ``x`` for :func:`_rows_independent`: the first and the first that differs from it.
 
     Identical rows would hide a symmetric coupling (attention over the two, a mean over the batch). Where all
-    rows are equal (one row, or padding), the second is the first plus one for floating-point input; for
-    integer input (token ids, which a made-up value could put out of range) there is none, and ``None`` sends
+    rows are equal (one row, or padding), the second is the first with its entries rolled along the last
+    dimension (the same values: still valid token ids), or, for a constant row, the first plus one if the input
+    is floating point; integer input then has none (a made-up id could be out of range), and ``None`` sends
     :func:`predict` to the loop.
     """
     first = x[:1]
@@ -831,6 +832,10 @@ def _two_rows(x: torch.Tensor) -> torch.Tensor | None:
     if differs.numel():
         j = int(differs[0])
         return torch.cat([first, x[j : j + 1]])
+    if first.dim() > 1:  # the row's entries rolled: the same values in another order, valid token ids too
+        other = first.roll(1, -1)
+        if not torch.equal(other, first):
+            return torch.cat([first, other])
     if x.is_floating_point() or x.is_complex():
         return torch.cat([first, first + 1])
     return None
