@@ -272,5 +272,8 @@ def test_channel_ops_check_the_rank_only_when_they_draw_a_mask_like_torch(ours, 
 def test_integer_input_in_eval_passes_through_like_torch():
     x = torch.arange(6)
     assert F.dropout(x, 0.5, training=False) is x
+    for op in (F.dropout, F.alpha_dropout, F.feature_alpha_dropout, F.dropout1d):  # p = 0: the input, any dtype
+        y = x.reshape(2, 3)
+        assert op(y, 0.0, True) is y and torch.nn.functional.dropout(y, 0.0, True) is y
     with pytest.raises(TypeError, match="input must be a floating-point tensor in training, but got torch.int64."):
         F.dropout(x, 0.5)

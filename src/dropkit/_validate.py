@@ -74,11 +74,14 @@ def nonnegative(op: str, name: str, value: object) -> float:
     return number
 
 
-def tensor_input(op: str, x: object, training: bool) -> None:
-    """Check that ``x`` is a tensor, and a floating-point or complex one when it will be transformed."""
+def tensor_input(op: str, x: object, training: bool, p: float = 1.0) -> None:
+    """Check that ``x`` is a tensor, and a floating-point or complex one when it will be transformed.
+
+    It is not at ``p = 0`` or when empty: there the input comes back as it is, of any dtype, as in torch.
+    """
     if not isinstance(x, torch.Tensor):
         raise _fail(op, "input", "a torch.Tensor", type(x).__name__, TypeError)
-    if training and not (x.is_floating_point() or x.is_complex()):
+    if training and p > 0.0 and x.numel() > 0 and not (x.is_floating_point() or x.is_complex()):
         raise _fail(op, "input", "a floating-point tensor in training", x.dtype, TypeError)
 
 

@@ -380,7 +380,7 @@ def _masked(
     _validate.choice(op, "mode", mode, MODES)
     training = bool(training) or _forced_training
     classic_eval = not training and mode == "classic" and p > 0
-    _validate.tensor_input(op, input, training or classic_eval)
+    _validate.tensor_input(op, input, training or classic_eval, 1.0 if classic_eval else p)
     if classic_eval:  # test-time weight scaling: E[train output] = (1 - p) x
         return input.mul_(1.0 - p) if inplace else input * (1.0 - p)
     if not training or p == 0.0 or input.numel() == 0:
@@ -586,7 +586,7 @@ def _alpha(
 ) -> torch.Tensor:
     p = _checked(op, p, keep, seed, generator)
     training = bool(training) or _forced_training
-    _validate.tensor_input(op, input, training)
+    _validate.tensor_input(op, input, training, p)
     if not training or p == 0.0 or input.numel() == 0:
         return input
     if p == 1.0:  # every unit dropped: no mask to shape, any rank (as torch)
