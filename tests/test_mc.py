@@ -226,6 +226,8 @@ def test_predict_errors():
         mc.predict(model, x, task="regression", tau=-1.0)
     with pytest.raises(TypeError, match=r"^predict: x must be a batched torch.Tensor"):
         mc.predict(model, [1.0, 2.0])
+    with pytest.raises(ValueError, match=r"^predict: x must hold at least one row \(N >= 1\), but got shape \(0, 8\)"):
+        mc.predict(model, torch.randn(0, 8))
     with pytest.raises(RuntimeError, match="all 5 MC samples are identical"):
         mc.predict(nn.Sequential(nn.Linear(8, 3), nn.Dropout(0.0)), x, samples=5)
 

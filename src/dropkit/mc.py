@@ -785,6 +785,8 @@ def predict(
     op = "predict"
     if not isinstance(x, torch.Tensor) or x.dim() == 0:
         raise TypeError(f"{op}: x must be a batched torch.Tensor (N, *), but got {type(x).__name__!r}.")
+    if x.shape[0] == 0:
+        raise ValueError(f"{op}: x must hold at least one row (N >= 1), but got shape {tuple(x.shape)}.")
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"{op}: samples must be an int >= 1, but got {samples!r}.")
     _validate.choice(op, "task", task, ("classification", "regression"))
