@@ -685,7 +685,7 @@ def test_row_check_passes_row_wise_models_and_fails_mixing_ones():
     batch = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.1, batch_first=True)
     assert not mc._rows_independent(seq.eval(), torch.randn(7, 3, 16))
     assert mc._rows_independent(batch.eval(), torch.randn(7, 3, 16))
-    assert mc._rows_independent(_CustomCNN().eval(), torch.randn(1, 1, 8, 8))  # one row: the row twice
+    assert mc._rows_independent(_CustomCNN().eval(), torch.randn(1, 1, 8, 8))  # one row: it, and it rolled
 
     class AlwaysOn(nn.Module):  # dropkit dropout left on in eval: row-aligned masks, as predict draws them
         def __init__(self, noise: bool):
