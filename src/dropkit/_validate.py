@@ -407,7 +407,7 @@ def noise_shape(op: str, value: object, shape: tuple[int, ...]) -> tuple[int, ..
     for i, (entry, size) in enumerate(zip(value, shape, strict=True)):
         if entry is None:
             entry = size
-        if isinstance(entry, bool) or not isinstance(entry, numbers.Integral) or int(entry) not in (1, size):
+        if int(entry) not in (1, size):  # an int >= 0 already (noise_shape_arg)
             raise ShapeError(
                 f"{op}: noise_shape[{i}] must be None, 1 or the input's size {size}, but got {entry!r} "
                 f"(noise_shape {tuple(value)!r}, input shape {tuple(shape)})."
