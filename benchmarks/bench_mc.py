@@ -30,8 +30,8 @@ B. "Never slower than the loop": models where ``predict`` cannot use the ``Seque
      pooled, and a Linear head, on (32, 16, 64) inputs; its loop baseline runs under ``model.train()``;
    - ``lstm``: a 2-layer ``nn.LSTM`` (32 -> 64, dropout 0.25 between layers, ``batch_first``), ``Dropout(0.25)``
      on the last step and a Linear head, on (32, 16, 32) inputs;
-   - ``lstm-seq-first``: the same with ``batch_first=False`` on (16, 32, 32) inputs: dimension 0 is time, so
-     ``predict``'s row check sends it to the loop (stacking would join the samples' sequences).
+   - ``lstm-seq-first``: the same with ``batch_first=False`` on (16, 32, 32) inputs: dimension 0 is time (stacking
+     there would join the samples' sequences), so ``predict`` stacks the samples in dimension 1, beside the rows.
 
    Contenders: ``loop`` and ``dropkit`` (plus ``stacked-torch`` where stacking is valid, for reference).
    Reported: loop/dropkit per model (target >= 1, within noise).
@@ -296,14 +296,17 @@ def predict_path(model: nn.Module, x: torch.Tensor, samples: int) -> str:
     """How ``predict(vectorize="auto")`` draws the samples of ``model`` at ``x`` (its rule, ``dropkit.mc``)."""
     if _mixes_batch(model):
         return "Python loop (BatchNorm training)"
-    if not dmc._rows_independent(model, x):
+    dims = dmc._stack_dims(model, x, "auto")
+    if dims is None:
         return "Python loop (rows not independent)"
-    prefix, rest = dmc._split_sequential(model)
+    dim = dims[0]
+    prefix, rest = dmc._split_sequential(model) if dim == 0 else (None, model)
     where = "prefix once" if prefix is not None else "whole model"
     with torch.no_grad(), dmc.mc_dropout(model):
         h = prefix(x) if prefix is not None else x
-        widest = dmc._widest_activation(rest, h[:1]) * x.shape[0]
-    per = dmc.samples_per_chunk(widest, x.shape[0], samples, 1 << 13)
+        widest = dmc._widest_activation(rest, h.narrow(dim, 0, 1)) * x.shape[dim]
+    per = dmc.samples_per_chunk(widest, x.shape[dim], samples, 1 << 13)
+    where += "" if dim == 0 else ", in dim 1"
     return f"loop of samples, {where}" if per == 1 else f"stacked {per} per forward, {where}"
 
 

@@ -36,7 +36,7 @@ def test_bench_mc_quick_runs_every_case(tmp_path, capsys):
     fallbacks = {r["name"]: r for r in results["fallbacks"]}
     assert set(fallbacks) == {"cnn", "backbone", "bn-train", "transformer", "lstm", "lstm-seq-first"}
     assert fallbacks["bn-train"]["path"].startswith("Python loop")
-    assert fallbacks["lstm-seq-first"]["path"] == "Python loop (rows not independent)"
+    assert fallbacks["lstm-seq-first"]["path"] == "stacked 5 per forward, whole model, in dim 1"
     assert fallbacks["lstm"]["path"] == "stacked 5 per forward, whole model"
     assert fallbacks["cnn"]["path"] == fallbacks["transformer"]["path"] == "stacked 5 per forward, whole model"
     for r in fallbacks.values():

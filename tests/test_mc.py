@@ -41,7 +41,7 @@ class DropPath(nn.Module):
     def forward(self, x):
         if not self.training:
             return x
-        keep = (torch.rand(x.shape[0], 1) >= self.p).to(x.dtype)
+        keep = (torch.rand(x.shape[0], *[1] * (x.dim() - 1)) >= self.p).to(x.dtype)
         return x * keep / (1 - self.p)
 
 
@@ -664,19 +664,78 @@ class _SeqFirst(nn.Module):
         return self.head(self.drop(self.rnn(x)[0]))
 
 
+class _SeqDrop(nn.Module):
+    """A sequence-first LSTM and a dropout on its output: every step's (``last=False``) or the last step's."""
+
+    def __init__(self, last: bool = False):
+        super().__init__()
+        self.rnn, self.drop, self.last = nn.LSTM(4, 8), nn.Dropout(0.3), last
+
+    def forward(self, x):
+        y = self.rnn(x)[0]
+        return self.drop(y[-1] if self.last else y)
+
+
+def _check_dropout_samples(samples, clean, p):
+    """Every sample is ``m * clean / (1 - p)`` with its own Bernoulli(1 - p) mask ``m``.
+
+    Binomial tolerances: the keep rate within 5 SE of 1 - p; the rate at which two consecutive samples' masks
+    agree within 5 SE of (1 - p)^2 + p^2 (a mask shared by the samples would agree everywhere).
+    """
+    kept = samples != 0
+    assert torch.allclose(torch.where(kept, samples, clean / (1 - p)), clean.expand_as(samples) / (1 - p), atol=1e-6)
+    n = kept.numel()
+    assert abs(kept.float().mean().item() - (1 - p)) < 5 * math.sqrt(p * (1 - p) / n)
+    agree, q = (kept[1:] == kept[:-1]).float(), (1 - p) ** 2 + p**2
+    assert abs(agree.mean().item() - q) < 5 * math.sqrt(q * (1 - q) / agree.numel())
+
+
 @pytest.mark.parametrize("steps", [5, 1])
-def test_predict_runs_a_sequence_first_model_as_a_loop(steps):
-    """Stacked in dimension 0, the samples' sequences would run on as one: "auto" finds out and loops instead."""
+@pytest.mark.parametrize("last", [False, True])
+def test_predict_stacks_a_sequence_first_model_beside_its_rows(steps, last):
+    """Stacked in dimension 0, the samples' sequences would run on as one: "auto" stacks them in dimension 1."""
     torch.manual_seed(0)
-    model, x = _SeqFirst().eval(), torch.randn(steps, 3, 4)
+    model, x = _SeqDrop(last).eval(), torch.randn(steps, 3, 4)
     assert not mc._rows_independent(model, x)
-    auto = mc.predict(model, x, samples=6, seed=2, task="regression", keep_samples=True).samples
-    loop = mc.predict(model, x, samples=6, seed=2, task="regression", keep_samples=True, vectorize=False).samples
-    assert auto.shape == (6, steps, 3, 2) and torch.equal(auto, loop)
-    with torch.no_grad(), mc.mc_dropout(model):  # what stacking gives: sample 2 starts from sample 1's last state
-        joined = model(torch.cat([x, x]))[steps:]
-    assert not torch.allclose(joined, model.head(model.rnn(x)[0]))
+    assert mc._stack_dims(model, x, "auto") == (1, 0 if last else 1)  # the output's rows: (N, 8) or (L, N, 8)
+    auto = mc.predict(model, x, samples=60, seed=2, task="regression", keep_samples=True).samples
+    with torch.no_grad():
+        clean = model.rnn(x)[0]
+    clean = clean[-1] if last else clean
+    assert auto.shape == (60, *clean.shape)
+    _check_dropout_samples(auto, clean, 0.3)
+    with torch.no_grad(), mc.mc_dropout(model):  # what stacking in dimension 0 gives: sequences joined
+        joined = model.rnn(torch.cat([x, x]))[0][steps:]
+    assert not torch.allclose(joined, model.rnn(x)[0])
     assert not model.training and not model.drop.training  # modes left as they were
+    again = mc.predict(model, x, samples=60, seed=2, task="regression", keep_samples=True).samples
+    assert torch.equal(auto, again)  # seed= still makes it reproducible
+
+
+class _SharedAlongRows(nn.Module):
+    """A sequence-first LSTM followed by a draw that may be shared along dimension 1 (``kind``)."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.rnn, self.kind = nn.LSTM(4, 8), kind
+        self.drop = {"dropout1d": nn.Dropout1d(0.3), "droppath": DropPath(0.3),
+                     "noise-shape": dnn.Dropout(0.3, noise_shape=(None, 1, None))}.get(kind)  # fmt: skip
+
+    def forward(self, x):
+        y = self.rnn(x)[0]
+        if self.kind == "functional":
+            return dkF.dropout(y, 0.3, self.training, noise_shape=(None, 1, None))
+        return self.drop(y)
+
+
+@pytest.mark.parametrize("kind", ["dropout1d", "droppath", "noise-shape", "functional"])
+def test_predict_loops_a_sequence_first_model_whose_draws_may_be_shared_along_its_rows(kind):
+    """A mask shared along dimension 1 would be one mask for every sample stacked there: such models loop."""
+    torch.manual_seed(0)
+    model, x = _SharedAlongRows(kind).eval(), torch.randn(5, 3, 4)
+    assert not mc._draws_elementwise(model) and mc._stack_dims(model, x, "auto") is None
+    kw = {"samples": 6, "seed": 2, "task": "regression", "keep_samples": True}
+    assert torch.equal(mc.predict(model, x, **kw).samples, mc.predict(model, x, vectorize=False, **kw).samples)
 
 
 def test_row_check_passes_row_wise_models_and_fails_mixing_ones():
@@ -705,9 +764,9 @@ def test_row_check_passes_row_wise_models_and_fails_mixing_ones():
 
     x = torch.randn(4, 6)
     assert not mc._rows_independent(Pooled().eval(), x)
-    assert torch.equal(mc.predict(Pooled().eval(), x, 5, seed=1, task="regression", keep_samples=True).samples,
-                       mc.predict(Pooled().eval(), x, 5, seed=1, task="regression", keep_samples=True,
-                                  vectorize=False).samples)  # fmt: skip
+    assert mc._stack_dims(Pooled().eval(), x, "auto") == (1, 1)  # its columns are independent: stacked there
+    samples = mc.predict(Pooled().eval(), x, 60, seed=1, task="regression", keep_samples=True).samples
+    _check_dropout_samples(samples, x - x.mean(0), 0.5)
 
 
 def test_predict_names_a_model_that_returns_no_tensor():
@@ -767,8 +826,15 @@ def test_row_check_sees_couplings_that_one_direction_or_equal_rows_would_hide(mo
     torch.manual_seed(0)
     model.eval()
     assert not mc._rows_independent(model, x)
-    kw = {"samples": 6, "seed": 2, "task": "regression", "keep_samples": True}
-    torch.testing.assert_close(mc.predict(model, x, **kw).samples, mc.predict(model, x, vectorize=False, **kw).samples)
+    dims = mc._stack_dims(model, x, "auto")
+    kw = {"samples": 400, "seed": 2, "task": "regression", "keep_samples": True}
+    auto, loop = mc.predict(model, x, **kw).samples, mc.predict(model, x, vectorize=False, **kw).samples
+    if dims is None:
+        torch.testing.assert_close(auto, loop)
+    else:  # stacked beside the rows (dimension 1): other draws, the same law (means within 5 standard errors)
+        assert dims[0] == 1
+        se = ((auto.var(0) + loop.var(0)) / auto.shape[0]).sqrt()
+        assert bool(((auto.mean(0) - loop.mean(0)).abs() <= 5 * se + 1e-6).all())
 
 
 def test_row_check_keeps_its_tolerance_with_infinite_outputs_and_leaves_the_generator_alone():

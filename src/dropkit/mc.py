@@ -24,6 +24,7 @@ import dataclasses
 import functools
 import inspect
 import math
+import re
 import threading
 import weakref
 from dataclasses import dataclass
@@ -315,8 +316,9 @@ def _split_sequential(model: nn.Module) -> tuple[nn.Module | None, nn.Module]:
     return None, model
 
 
-def _repeat(x: torch.Tensor, times: int) -> torch.Tensor:
-    return x.unsqueeze(0).expand(times, *x.shape).reshape(times * x.shape[0], *x.shape[1:])
+def _repeat(x: torch.Tensor, times: int, dim: int = 0) -> torch.Tensor:
+    """``x`` repeated ``times`` times in dimension ``dim``, sample-major: indices ``t*N .. t*N+N-1`` are copy t."""
+    return x.unsqueeze(dim).expand(*x.shape[:dim], times, *x.shape[dim:]).flatten(dim, dim + 1)
 
 
 #: Largest activation (elements) a stacked chunk may create: 8 MB of fp32, a quarter of a CPU's last-level cache,
@@ -664,27 +666,37 @@ def _plain_dropout(rest: nn.Module) -> nn.Dropout | None:
     return layer if type(layer) is nn.Dropout and not _hooked(layer) else None
 
 
-@torch.no_grad()
-def _draw(model: nn.Module, x: torch.Tensor, samples: int, max_rows: int, vectorize: bool) -> torch.Tensor:
-    """Return ``samples`` stochastic outputs of ``model`` at ``x``, shape ``(T, N, ...)``.
+def _per_chunk(rest: nn.Module, row: torch.Tensor, rows: int, samples: int, max_rows: int, streams) -> int:
+    """:func:`samples_per_chunk` for ``rest``, its widest activation measured on ``row`` (one row of the input)."""
+    try:
+        with streams.chunk(0, 1):  # a one-row probe (it may draw masks from the streams; output dropped)
+            return samples_per_chunk(_widest_activation(rest, row) * rows, rows, samples, max_rows)
+    except (RuntimeError, ValueError):  # a layer tied to the batch size (noise_shape=(N, ...), x.view(N, ...))
+        return 1  # the loop: every forward sees the caller's batch
 
-    Stacked chunks of :func:`samples_per_chunk` samples; a chunk of one sample is a loop that reuses the prefix.
-    Masks come from :class:`_SampleStreams`, seeded from torch's generator, so sample ``t`` is the same whatever
-    the chunking.
+
+@torch.no_grad()
+def _draw(model: nn.Module, x: torch.Tensor, samples: int, max_rows: int, dims: tuple[int, int] | None) -> torch.Tensor:
+    """Return ``samples`` stochastic outputs of ``model`` at ``x``, shape ``(T, *)`` (``*``: one output's shape).
+
+    ``dims`` (from :func:`_stack_dims`): ``None`` for a loop of whole-model forwards, or the input dimension the
+    samples stack in and the output dimension they come out in. Stacked chunks of :func:`samples_per_chunk`
+    samples; a chunk of one sample is a loop that reuses the prefix. Masks come from :class:`_SampleStreams`,
+    seeded from torch's generator, so sample ``t`` is the same whatever the chunking (in dimension 0).
     """
-    n, result, done = x.shape[0], None, 0
+    stack, out_dim = dims or (0, 0)
+    n, result, done = x.shape[stack], None, 0
     with _SampleStreams(dkF._seed(None, None), n, samples) as streams:
-        if vectorize:
+        if dims is None:  # a loop of whole-model forwards
+            rest, h, per_chunk, first = model, x, 1, None
+        elif stack == 0:
             prefix, rest = _split_sequential(model)
             h = prefix(x) if prefix is not None else x
-            try:
-                with streams.chunk(0, 1):  # a one-row probe (it may draw masks from the streams; output dropped)
-                    per_chunk = samples_per_chunk(_widest_activation(rest, h[:1].clone()) * n, n, samples, max_rows)
-            except (RuntimeError, ValueError):  # a layer tied to the batch size (noise_shape=(N, ...), x.view(N, ...))
-                per_chunk = 1  # the loop: every forward sees the caller's batch
+            per_chunk = _per_chunk(rest, h[:1].clone(), n, samples, max_rows, streams)
             first = _plain_dropout(rest)
-        else:  # a loop of whole-model forwards
-            rest, h, per_chunk, first = model, x, 1, None
+        else:  # sequence-first: the samples' rows stacked beside each other in dimension 1
+            rest, h, first = model, x, None
+            per_chunk = _per_chunk(rest, x.narrow(stack, 0, 1).clone(), n, samples, max_rows, streams)
         with _Memo(rest, h) as memo:  # deterministic layers on h run once, for all chunks
             while done < samples:
                 t = min(per_chunk, samples - done)
@@ -692,14 +704,18 @@ def _draw(model: nn.Module, x: torch.Tensor, samples: int, max_rows: int, vector
                 with streams.chunk(done, t):
                     if first is not None:  # repeat and first dropout fused: the repeat is never materialised
                         out = rest[1:](streams.repeated_dropout(h, t, first.p))
-                    else:
-                        out = rest(memo.add(_repeat(h, t), h, t) if t > 1 else h)
+                    elif t == 1:
+                        out = rest(h)
+                    elif stack == 0:
+                        out = rest(memo.add(_repeat(h, t), h, t))
+                    else:  # not a repeat in dimension 0: the memo leaves it alone
+                        out = rest(_repeat(h, t, stack))
                 if not isinstance(out, torch.Tensor):
                     raise TypeError(
                         f"predict: the model must return a tensor, but {type(model).__name__} returned "
                         f"{type(out).__name__!r}; wrap it in a module that returns the logits or outputs."
                     )
-                result = _store(result, out.unflatten(0, (t, -1)), done, samples)
+                result = _store(result, out.unflatten(out_dim, (t, -1)).movedim(out_dim, 0), done, samples)
                 done += t
         return result
 
@@ -754,8 +770,14 @@ def predict(
     ``vectorize="auto"`` stacks unless a module in training mode mixes the batch (BatchNorm in training, where
     stacking would change the result), a layer draws one mask per batch (per-batch DropConnect, where the
     stacked samples would share it), or the model does not map the rows of ``x`` independently (checked on two
-    rows, :func:`_rows_independent`: a sequence-first ``(L, N, ...)`` input would join the samples' sequences);
-    ``True`` stacks regardless (the caller vouches for the rows); ``False`` runs a Python loop of whole-model
+    rows, :func:`_batch_dim`). A sequence-first ``(L, N, ...)`` input (``nn.LSTM``, ``nn.TransformerEncoder``
+    with ``batch_first=False``) fails that check in dimension 0, where stacking would join the samples'
+    sequences; if it passes it in dimension 1 and every draw of the model is element-wise
+    (:func:`_draws_elementwise`: torch's ``Dropout``, RNN and attention dropout; not channel, DropPath or
+    ``noise_shape`` draws, which a sample stacked beside another would share), the samples stack there,
+    beside the rows, and come out of whichever output dimension carries them. Those draws are not aligned
+    with the loop's (the grouping changes their values, not their law). ``True`` stacks in dimension 0
+    regardless (the caller vouches for the rows); ``False`` runs a Python loop of whole-model
     forwards (deterministic torch layers on the input still computed once, bit for bit the plain forward's
     outputs). Calls from several threads run one at a time (the seeding and the models' mode switches are
     process-wide).
@@ -763,7 +785,7 @@ def predict(
     Args:
         model: Any ``nn.Module`` with a stochastic path (see :class:`mc_dropout`).
         x: Input batch, shape ``(N, *)``. Stacked samples need a model that treats the rows independently;
-            ``"auto"`` checks it (a sequence-first input runs as a loop, correct but slower).
+            ``"auto"`` checks it (a sequence-first input stacks in dimension 1, or runs as a loop).
         samples: Number of MC samples :math:`T >= 1`. Default: ``50``.
         task: ``"classification"`` (the model returns logits over dim 1) or ``"regression"``.
         tau: Model precision for regression: adds :math:`\tau^{-1}` to the predictive variance.
@@ -802,11 +824,11 @@ def predict(
 
     rng_scope = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
     with _streams_lock, rng_scope:  # one predict at a time: seeding and mode flags are global
-        auto = vectorize == "auto" and not _mixes_batch(model) and _rows_independent(model, x)
+        dims = _stack_dims(model, x, vectorize)
         with mc_dropout(model):
             if seed is not None:
                 torch.manual_seed(seed)
-            outputs = _draw(model, x, samples, max_rows, vectorize is True or auto)
+            outputs = _draw(model, x, samples, max_rows, dims)
     if samples > 1 and bool((outputs == outputs[:1]).all()):
         raise RuntimeError(
             f"{op}: all {samples} MC samples are identical: no stochastic path was active in "
@@ -857,21 +879,24 @@ def _matches(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 @torch.no_grad()
-def _rows_independent(model: nn.Module, x: torch.Tensor) -> bool:
-    """Whether ``model`` maps each row of ``x`` (dimension 0) on its own, as stacking samples there requires.
+def _batch_dim(model: nn.Module, x: torch.Tensor, dim: int = 0) -> int | None:
+    """The output dimension the rows of ``x`` along ``dim`` come out in, if ``model`` maps each row on its own.
 
-    Checked on two different rows (:func:`_two_rows`) with the stochastic paths off (deterministic), in three
-    forwards: the pair's must give one output row per input row, each equal to the forward of its row alone
-    (:func:`_matches`). Both rows are compared: a coupling may run either way (a sequence read backwards). A
-    sequence-first input fails it (``nn.LSTM``'s or ``nn.TransformerEncoder``'s ``(L, N, ...)`` with
-    ``batch_first=False``: one time step depends on another), as does a model that reduces over dimension 0 or
-    raises on fewer rows. dropkit ops that stay on in eval draw the masks :func:`predict` would give the rows
-    (:class:`_SampleStreams`); other draws that do (``torch.randn`` in a forward, torch's ``F.dropout`` with its
-    default ``training=True``) fail the check, and the loop is used: slower, never wrong.
+    What stacking samples in ``dim`` requires. Checked on two different rows (:func:`_two_rows`) with the
+    stochastic paths off (deterministic), in three forwards: the pair's output must have one dimension of size 2
+    where each row's own has size 1 (``dim`` itself if it qualifies, else the only one that does), and be equal,
+    there, to the forward of each row alone (:func:`_matches`). Both rows are compared: a coupling may run either
+    way (a sequence read backwards). In ``dim = 0`` a sequence-first input fails it (``nn.LSTM``'s or
+    ``nn.TransformerEncoder``'s ``(L, N, ...)`` with ``batch_first=False``: one time step depends on another), as
+    does a model that reduces over dimension 0 or raises on fewer rows. dropkit ops that stay on in eval draw the
+    masks :func:`predict` would give the rows in dimension 0 (:class:`_SampleStreams`); other draws that do
+    (``torch.randn`` in a forward, torch's ``F.dropout`` with its default ``training=True``) fail the check, and
+    the loop is used: slower, never wrong.
     """
-    pair = _two_rows(x)
+    pair = _two_rows(x.movedim(dim, 0))
     if pair is None:
-        return False
+        return None
+    pair = pair.movedim(0, dim)
     saved = [(m, m.training) for m in model.modules()]
     try:
         for _, m in stochastic_modules(model):
@@ -882,17 +907,78 @@ def _rows_independent(model: nn.Module, x: torch.Tensor) -> bool:
             alone = []
             for row in range(2):
                 with streams.chunk(row, 1):
-                    alone.append(model(pair[row : row + 1].clone()))
+                    alone.append(model(pair.narrow(dim, row, 1).clone()))
     except (RuntimeError, ValueError, IndexError):
-        return False
+        return None
     finally:
         for m, training in saved:
             m.training = training
     if not all(isinstance(t, torch.Tensor) for t in (both, *alone)):
-        return True  # not an output predict can summarise; its own error follows
-    if both.shape[:1] != (2,) or any(t.shape != (1, *both.shape[1:]) for t in alone):
-        return False
-    return _matches(both[:1], alone[0]) and _matches(both[1:], alone[1])
+        return dim  # not an output predict can summarise; its own error follows
+    shape = alone[0].shape
+    if alone[1].shape != shape or both.dim() != len(shape):
+        return None
+    grown = [d for d in range(both.dim()) if (both.shape[d], shape[d]) == (2, 1)]
+    if not grown or any(both.shape[d] != shape[d] for d in range(both.dim()) if d not in grown):
+        return None
+    out = dim if dim in grown else grown[0] if len(grown) == 1 else None
+    if out is None or not all(_matches(both.narrow(out, row, 1), alone[row]) for row in range(2)):
+        return None
+    return out
+
+
+def _rows_independent(model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``model`` maps each row of ``x`` (dimension 0) on its own into row of its output (:func:`_batch_dim`)."""
+    return _batch_dim(model, x) == 0
+
+
+#: Stochastic modules whose every draw is one per element of their input (none shared along a dimension), by
+#: exact class: torch's own, which stacking beside the rows (dimension 1) cannot give one draw for all samples.
+_ELEMENTWISE_TYPES = frozenset(
+    {nn.Dropout, nn.AlphaDropout, dnn.Dropout, dnn.AlphaDropout, nn.RNN, nn.LSTM, nn.GRU, *TORCH_FAST_PATHS}
+)
+#: Calls in a forward whose draws may be shared along a dimension: channel, structured and ``noise_shape`` ones.
+_SHARED_DRAWS = re.compile(r"dropout[123]d|feature_alpha_dropout|noise_shape|drop_path|drop_block|stochastic_depth")
+
+
+def _draws_elementwise(model: nn.Module) -> bool:
+    """Whether every random draw of ``model``'s stochastic paths is element-wise, as far as can be known.
+
+    True when every module :func:`mc_dropout` switches is one of :data:`_ELEMENTWISE_TYPES` (dropkit's ``Dropout``
+    without ``noise_shape``) and no other module's ``forward`` names a channel, structured or ``noise_shape``
+    op (:data:`_SHARED_DRAWS`). Stacking samples in dimension 1 needs it: a draw shared along that dimension
+    (``Dropout2d`` on an unbatched input, DropPath's one draw per leading index, ``noise_shape=(L, 1, F)``) would
+    give every stacked sample the same mask, and the eval-mode row check cannot see it.
+    """
+    switched = {id(m) for _, m in stochastic_modules(model)}
+    for m in model.modules():
+        if type(m) in _ELEMENTWISE_TYPES:
+            if getattr(m, "noise_shape", None) is not None:
+                return False
+        elif id(m) in switched or _SHARED_DRAWS.search(_forward_source(type(m))):
+            return False
+    return True
+
+
+def _stack_dims(model: nn.Module, x: torch.Tensor, vectorize: bool | str) -> tuple[int, int] | None:
+    """Where :func:`predict` stacks the samples: ``(input dim, output dim)``, or ``None`` for the loop.
+
+    ``vectorize=True``: dimension 0, as the caller vouches. ``"auto"``: dimension 0 if the model maps its rows
+    independently there (:func:`_batch_dim`); else dimension 1 if it does there and draws element-wise only
+    (:func:`_draws_elementwise`: sequence-first RNNs and Transformers, ``(L, N, ...)``); else the loop, as also
+    when a module mixes the batch (:func:`_mixes_batch`).
+    """
+    if vectorize is True:
+        return 0, 0
+    if vectorize is False or _mixes_batch(model):
+        return None
+    if _rows_independent(model, x):
+        return 0, 0
+    if x.dim() > 1 and _draws_elementwise(model):
+        out = _batch_dim(model, x, 1)
+        if out is not None:
+            return 1, out
+    return None
 
 
 def _mixes_batch(model: nn.Module) -> bool:
