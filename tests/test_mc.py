@@ -468,7 +468,8 @@ def test_predict_stacked_chunks_reuse_a_pure_backbone(monkeypatch):
     got, calls = _samples(model, x, max_rows=16)  # chunks of 4 samples: 3 stacked forwards
     ref, ref_calls = _unmemoised(model, x, monkeypatch, max_rows=16)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)  # a conv on 4 rows vs 16: rounding only
-    assert calls == 5 and ref_calls == 7  # memo: the row check (3) + the probe + once; plain: 3 + 1 + once per chunk
+    # memo: the row check (5) + the draw check (2) + the probe + once; plain: 5 + 2 + 1 + once per chunk
+    assert calls == 9 and ref_calls == 11
     assert "forward" not in model.features.__dict__  # the layers are left as they were
 
 
@@ -518,8 +519,8 @@ def test_predict_keeps_no_per_chunk_outputs():
     model = nn.Sequential(nn.Linear(3, 8), nn.Dropout(0.5), nn.Linear(8, 2), Count()).eval()
     mc.predict(model, torch.randn(4, 3), samples=12, task="regression", max_rows=8)  # 6 chunks of 2 samples
     mc.predict(model, torch.randn(4, 3), samples=6, task="regression", vectorize=False)  # 6 forwards
-    assert len(live) == 3 + 1 + 6 + 6  # the row check, the probe, then the chunks
-    assert max(live[4:]) == max(live[4:6]) and live[-1] == live[-5]  # constant: nothing accumulates per chunk
+    assert len(live) == 5 + 2 + 1 + 6 + 6  # the row check, the draw check, the probe, then the chunks
+    assert max(live[8:]) == max(live[8:10]) and live[-1] == live[-5]  # constant: nothing accumulates per chunk
 
 
 # ---- _Memo: review (in-place layers, random or reassigned weights, shared modules, per-sample edits) -------------
@@ -734,6 +735,87 @@ def test_predict_loops_a_sequence_first_model_whose_draws_may_be_shared_along_it
     torch.manual_seed(0)
     model, x = _SharedAlongRows(kind).eval(), torch.randn(5, 3, 4)
     assert not mc._draws_elementwise(model) and mc._stack_dims(model, x, "auto") is None
+    kw = {"samples": 6, "seed": 2, "task": "regression", "keep_samples": True}
+    assert torch.equal(mc.predict(model, x, **kw).samples, mc.predict(model, x, vectorize=False, **kw).samples)
+
+
+class _TableDrop(nn.Module):
+    """Dropout on something without the batch's rows, broadcast over them later: one mask per forward, shared.
+
+    ``"position"``: a positional buffer ``(L, 1, F)`` (``batch_first``: ``(1, L, F)``); ``"embedding"``: the
+    embedding table (token ids in, ``F.embedding(ids, dropout(weight))``).
+    """
+
+    def __init__(self, kind: str, batch_first: bool):
+        super().__init__()
+        self.kind, self.batch_first = kind, batch_first
+        self.register_buffer("pe", torch.randn(1, 6, 4) if batch_first else torch.randn(6, 1, 4))
+        self.emb, self.drop = nn.Embedding(10, 4), nn.Dropout(0.3)
+        self.rnn = nn.GRU(4, 8, batch_first=batch_first)
+
+    def forward(self, x):
+        if self.kind == "embedding":
+            h = nn.functional.embedding(x, self.drop(self.emb.weight))
+        else:
+            h = x + self.drop(self.pe[:, : x.shape[1]] if self.batch_first else self.pe[: x.shape[0]])
+        return self.rnn(h)[0]
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("kind", ["position", "embedding"])
+def test_predict_loops_a_model_whose_mask_every_stacked_sample_would_share(kind, batch_first):
+    """Adversarial review: stacked, the samples of a chunk shared one draw of the table's mask (all samples equal
+    at the default chunking, a too-small variance with smaller chunks); the loop draws one per sample."""
+    torch.manual_seed(0)
+    model = _TableDrop(kind, batch_first).eval()
+    shape = (3, 5) if batch_first else (5, 3)
+    x = torch.randint(0, 10, shape) if kind == "embedding" else torch.randn(*shape, 4)
+    assert mc._stack_dims(model, x, "auto") is None
+    kw = {"samples": 8, "seed": 2, "task": "regression", "keep_samples": True}
+    auto = mc.predict(model, x, max_rows=6, **kw).samples
+    assert torch.equal(auto, mc.predict(model, x, vectorize=False, **kw).samples)
+    assert len({tuple(sample.flatten().tolist()) for sample in auto}) == 8  # every sample its own mask
+
+
+class _Sorted(nn.Module):
+    """Packs a sequence-first batch by length: needs sorted rows (``sort=False``) or sorts them (``True``)."""
+
+    def __init__(self, sort: bool):
+        super().__init__()
+        self.sort, self.rnn, self.drop, self.head = sort, nn.LSTM(4, 8), nn.Dropout(0.3), nn.Linear(8, 1)
+
+    def forward(self, x):
+        lengths = (x != 0).any(-1).sum(0)
+        order = torch.sort(lengths, descending=True, stable=True).indices if self.sort else torch.arange(x.shape[1])
+        packed = nn.utils.rnn.pack_padded_sequence(x[:, order], lengths[order])  # enforce_sorted=True
+        return self.head(self.drop(self.rnn(packed)[1][0][-1]))  # sorted: rows come out in length order
+
+
+class _Tiled(_SeqFirst):
+    """One score per row, broadcast to ``(N, N)`` by ``x.shape[1]``: two output dimensions follow the rows."""
+
+    def forward(self, x):
+        return self.head(self.drop(self.rnn(x)[0][-1]))[:, 0].expand(x.shape[1], -1)
+
+
+class _Asserts(_SeqFirst):
+    """Refuses any batch size but its own (an ``assert``, not a RuntimeError)."""
+
+    def forward(self, x):
+        assert x.shape[1] == 3
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("model", [_Sorted(False), _Sorted(True), _Tiled(), _Asserts()], ids=type)
+def test_predict_loops_a_model_that_stacked_rows_would_break(model):
+    """Adversarial review: the row check on the pair missed a batch that must stay sorted (a crash), a model that
+    reorders rows (samples mixed up), an output with two row dimensions (wrong shape) and an assert (a crash).
+    It now checks the pair laid out as two stacked samples (a, b, a, b) and treats any error as "loop"."""
+    torch.manual_seed(0)
+    x = torch.randn(6, 3, 4)
+    x[4:, 1] = x[3:, 2] = 0  # lengths 6, 4, 3: sorted
+    model.eval()
+    assert mc._stack_dims(model, x, "auto") is None
     kw = {"samples": 6, "seed": 2, "task": "regression", "keep_samples": True}
     assert torch.equal(mc.predict(model, x, **kw).samples, mc.predict(model, x, vectorize=False, **kw).samples)
 

@@ -317,8 +317,11 @@ def _split_sequential(model: nn.Module) -> tuple[nn.Module | None, nn.Module]:
 
 
 def _repeat(x: torch.Tensor, times: int, dim: int = 0) -> torch.Tensor:
-    """``x`` repeated ``times`` times in dimension ``dim``, sample-major: indices ``t*N .. t*N+N-1`` are copy t."""
-    return x.unsqueeze(dim).expand(*x.shape[:dim], times, *x.shape[dim:]).flatten(dim, dim + 1)
+    """``x`` repeated ``times`` times in dimension ``dim``, sample-major: indices ``t*N .. t*N+N-1`` are copy t.
+
+    Always a new tensor (never a view of ``x``, even of one row), so that an in-place layer cannot edit ``x``.
+    """
+    return x.repeat(*(times if d == dim else 1 for d in range(x.dim())))
 
 
 #: Largest activation (elements) a stacked chunk may create: 8 MB of fp32, a quarter of a CPU's last-level cache,
@@ -367,6 +370,7 @@ class _SampleStreams:
         self.seed, self.rows, self.samples = seed, rows, samples
         self.site_seeds: list[int] = []
         self.t0, self.t, self.site = 0, 1, 0
+        self.sizes: list[int] | None = None  #: when a list, the size of every mask's input is appended to it
 
     def _draw(self, x: torch.Tensor) -> tuple[int, int] | None:
         """The seed of a mask whose input holds the chunk's stacked rows, and the global row its rows start at.
@@ -374,6 +378,8 @@ class _SampleStreams:
         ``functional._spec`` reads the input's rows as rows ``t0 * N ..`` of the ``T * N`` rows of all samples
         (what :func:`dropkit.rng.shard` on dimension 0 would say): its mask indices start at that row's.
         """
+        if self.sizes is not None:
+            self.sizes.append(x.numel())
         if rng.current_shards() or x.dim() == 0 or x.shape[0] != self.t * self.rows:
             return None  # not aligned: :meth:`_seed` gives this site a chunk-dependent seed
         site, self.site = self.site, self.site + 1
@@ -760,12 +766,12 @@ def predict(
     Stacking pays when the per-sample work is small (a batch of vectors through Linear layers: bigger matrix
     products, fewer calls); when one sample alone fills the cache (convolutional feature maps), stacking
     only moves the activations out of cache, and the loop is as fast or faster. A rule keeps ``seed=`` results
-    independent of the machine's load. And the choice never changes the numbers of dropkit-seeded dropout
-    (torch's dropout layers and functional calls included): sample ``t`` draws the same masks whether it runs
-    alone or stacked (per-site seeds and per-sample element offsets, see :class:`_SampleStreams`), so
-    ``vectorize``, ``max_rows`` and the budget change the speed only. Stochastic layers outside dropkit's mask
-    specs (Gaussian noise, DropPath, torch's fused attention dropout) still draw independent samples, but
-    their values then depend on the grouping.
+    independent of the machine's load. And for samples stacked in dimension 0 the choice never changes the
+    numbers of dropkit-seeded dropout (torch's dropout layers and functional calls included): sample ``t`` draws
+    the same masks whether it runs alone or stacked (per-site seeds and per-sample element offsets, see
+    :class:`_SampleStreams`), so ``vectorize``, ``max_rows`` and the budget change the speed only. Stochastic
+    layers outside dropkit's mask specs (Gaussian noise, DropPath, torch's fused attention dropout) still draw
+    independent samples, but their values then depend on the grouping.
 
     ``vectorize="auto"`` stacks unless a module in training mode mixes the batch (BatchNorm in training, where
     stacking would change the result), a layer draws one mask per batch (per-batch DropConnect, where the
@@ -776,11 +782,13 @@ def predict(
     (:func:`_draws_elementwise`: torch's ``Dropout``, RNN and attention dropout; not channel, DropPath or
     ``noise_shape`` draws, which a sample stacked beside another would share), the samples stack there,
     beside the rows, and come out of whichever output dimension carries them. Those draws are not aligned
-    with the loop's (the grouping changes their values, not their law). ``True`` stacks in dimension 0
-    regardless (the caller vouches for the rows); ``False`` runs a Python loop of whole-model
-    forwards (deterministic torch layers on the input still computed once, bit for bit the plain forward's
-    outputs). Calls from several threads run one at a time (the seeding and the models' mode switches are
-    process-wide).
+    with the loop's: there ``max_rows`` and ``vectorize`` change the values, not their law (``seed=`` still
+    reproduces them). Either way ``"auto"`` stacks only if every mask drawn through dropkit grows with the
+    number of samples stacked (:func:`_draws_scale`): a dropout on a weight, an embedding table or a positional
+    buffer would give the stacked samples one shared mask. ``True`` stacks in dimension 0 regardless (the
+    caller vouches for the rows); ``False`` runs a Python loop of whole-model forwards (deterministic torch
+    layers on the input still computed once, bit for bit the plain forward's outputs). Calls from several
+    threads run one at a time (the seeding and the models' mode switches are process-wide).
 
     Args:
         model: Any ``nn.Module`` with a stochastic path (see :class:`mc_dropout`).
@@ -870,6 +878,8 @@ def _matches(a: torch.Tensor, b: torch.Tensor) -> bool:
 
     The absolute part scales with ``b``'s largest finite magnitude: an infinite output must not switch it off.
     """
+    if a.shape != b.shape:
+        return False
     if not a.is_floating_point():
         return torch.equal(a, b)
     rtol = max(1e-4, 4 * torch.finfo(a.dtype).eps)
@@ -882,53 +892,75 @@ def _matches(a: torch.Tensor, b: torch.Tensor) -> bool:
 def _batch_dim(model: nn.Module, x: torch.Tensor, dim: int = 0) -> int | None:
     """The output dimension the rows of ``x`` along ``dim`` come out in, if ``model`` maps each row on its own.
 
-    What stacking samples in ``dim`` requires. Checked on two different rows (:func:`_two_rows`) with the
-    stochastic paths off (deterministic), in three forwards: the pair's output must have one dimension of size 2
-    where each row's own has size 1 (``dim`` itself if it qualifies, else the only one that does), and be equal,
-    there, to the forward of each row alone (:func:`_matches`). Both rows are compared: a coupling may run either
-    way (a sequence read backwards). In ``dim = 0`` a sequence-first input fails it (``nn.LSTM``'s or
-    ``nn.TransformerEncoder``'s ``(L, N, ...)`` with ``batch_first=False``: one time step depends on another), as
-    does a model that reduces over dimension 0 or raises on fewer rows. dropkit ops that stay on in eval draw the
-    masks :func:`predict` would give the rows in dimension 0 (:class:`_SampleStreams`); other draws that do
-    (``torch.randn`` in a forward, torch's ``F.dropout`` with its default ``training=True``) fail the check, and
-    the loop is used: slower, never wrong.
+    What stacking samples in ``dim`` requires. Checked with the stochastic paths off (deterministic) on two
+    different rows ``a, b`` (:func:`_two_rows`) laid out as two stacked samples, ``a, b, a, b`` in ``dim``: the
+    output must have exactly one dimension of size 4 where each row's own output has size 1, and hold there,
+    in order, each row's forward alone (:func:`_matches`). Both rows are compared: a coupling may run either
+    way (a sequence read backwards). The repeat also catches models that reorder rows (sorting by length) or
+    need them in order (``pack_padded_sequence`` with ``enforce_sorted=True``). In ``dim = 0`` a
+    sequence-first input fails it (``nn.LSTM``'s or ``nn.TransformerEncoder``'s ``(L, N, ...)`` with
+    ``batch_first=False``: one time step depends on another), as does a model that reduces over dimension 0
+    or raises on these rows. dropkit ops that stay on in eval draw the masks :func:`predict` would give the
+    rows in dimension 0 (:class:`_SampleStreams`); other draws that do (``torch.randn`` in a forward, torch's
+    ``F.dropout`` with its default ``training=True``) fail the check, and the loop is used: slower, never wrong.
     """
     pair = _two_rows(x.movedim(dim, 0))
     if pair is None:
         return None
-    pair = pair.movedim(0, dim)
+    rows = _repeat(pair, 2).movedim(0, dim)  # a, b, a, b
     saved = [(m, m.training) for m in model.modules()]
     try:
         for _, m in stochastic_modules(model):
             m.training = False
-        with _SampleStreams(0, 1, 2) as streams:  # dropkit ops that stay on draw row-aligned masks, as in predict
-            with streams.chunk(0, 2):  # on copies: an in-place first layer must not edit x
-                both = model(pair.clone())
+        with _SampleStreams(0, 1, 4) as streams:  # dropkit ops that stay on draw row-aligned masks, as in predict
+            with streams.chunk(0, 4):  # on copies: an in-place first layer must not edit x
+                stacked = model(rows.clone())
             alone = []
-            for row in range(2):
+            for row in range(4):
                 with streams.chunk(row, 1):
-                    alone.append(model(pair.narrow(dim, row, 1).clone()))
-    except (RuntimeError, ValueError, IndexError):
+                    alone.append(model(rows.narrow(dim, row, 1).clone()))
+    except Exception:  # noqa: BLE001 - whatever these rows make the model raise, the loop is the safe answer
         return None
     finally:
         for m, training in saved:
             m.training = training
-    if not all(isinstance(t, torch.Tensor) for t in (both, *alone)):
+    if not all(isinstance(t, torch.Tensor) for t in (stacked, *alone)):
         return dim  # not an output predict can summarise; its own error follows
     shape = alone[0].shape
-    if alone[1].shape != shape or both.dim() != len(shape):
+    if any(t.shape != shape for t in alone) or stacked.dim() != len(shape):
         return None
-    grown = [d for d in range(both.dim()) if (both.shape[d], shape[d]) == (2, 1)]
-    if not grown or any(both.shape[d] != shape[d] for d in range(both.dim()) if d not in grown):
+    grown = [d for d in range(stacked.dim()) if stacked.shape[d] != shape[d]]
+    if len(grown) != 1 or (stacked.shape[grown[0]], shape[grown[0]]) != (4, 1):
         return None
-    out = dim if dim in grown else grown[0] if len(grown) == 1 else None
-    if out is None or not all(_matches(both.narrow(out, row, 1), alone[row]) for row in range(2)):
-        return None
-    return out
+    out = grown[0]
+    return out if all(_matches(stacked.narrow(out, k, 1), alone[k]) for k in range(4)) else None
+
+
+@torch.no_grad()
+def _draws_scale(model: nn.Module, x: torch.Tensor, dim: int) -> bool:
+    """Whether every mask drawn in a forward of stacked samples is drawn over all of them, none shared.
+
+    Two forwards in MC mode, of one row of ``x`` stacked 2 and 3 times in ``dim``: the input of every mask drawn
+    through dropkit (torch's dropout modules and functional calls included, see :class:`mc_dropout`) must grow
+    in proportion, 2 : 3. A dropout applied to something without the samples' rows (a weight, an embedding
+    table, a positional buffer later broadcast over the batch) draws one mask that every stacked sample would
+    share, where the loop draws one per sample; the eval-mode row check cannot see it.
+    """
+    row, sizes = x.narrow(dim, 0, 1), []
+    try:
+        with mc_dropout(model):
+            for t in (2, 3):
+                with _SampleStreams(0, 1, t) as streams, streams.chunk(0, t):
+                    streams.sizes = []
+                    model(_repeat(row, t, dim))
+                    sizes.append(streams.sizes)
+    except Exception:  # noqa: BLE001 - the loop is the safe answer
+        return False
+    return len(sizes[0]) == len(sizes[1]) and all(3 * a == 2 * b for a, b in zip(*sizes, strict=True))
 
 
 def _rows_independent(model: nn.Module, x: torch.Tensor) -> bool:
-    """Whether ``model`` maps each row of ``x`` (dimension 0) on its own into row of its output (:func:`_batch_dim`)."""
+    """Whether ``model`` maps each row of ``x`` (dimension 0) on its own, into dimension 0 (:func:`_batch_dim`)."""
     return _batch_dim(model, x) == 0
 
 
@@ -965,20 +997,21 @@ def _stack_dims(model: nn.Module, x: torch.Tensor, vectorize: bool | str) -> tup
 
     ``vectorize=True``: dimension 0, as the caller vouches. ``"auto"``: dimension 0 if the model maps its rows
     independently there (:func:`_batch_dim`); else dimension 1 if it does there and draws element-wise only
-    (:func:`_draws_elementwise`: sequence-first RNNs and Transformers, ``(L, N, ...)``); else the loop, as also
-    when a module mixes the batch (:func:`_mixes_batch`).
+    (:func:`_draws_elementwise`: sequence-first RNNs and Transformers, ``(L, N, ...)``); either only if no mask
+    would be shared by the stacked samples (:func:`_draws_scale`). Else the loop, as also when a module mixes
+    the batch (:func:`_mixes_batch`).
     """
     if vectorize is True:
         return 0, 0
     if vectorize is False or _mixes_batch(model):
         return None
-    if _rows_independent(model, x):
-        return 0, 0
-    if x.dim() > 1 and _draws_elementwise(model):
-        out = _batch_dim(model, x, 1)
-        if out is not None:
-            return 1, out
-    return None
+    out = _batch_dim(model, x)
+    dim = 0
+    if out is None and x.dim() > 1 and _draws_elementwise(model):
+        out, dim = _batch_dim(model, x, 1), 1
+    if out is None or not _draws_scale(model, x, dim):
+        return None
+    return dim, out
 
 
 def _mixes_batch(model: nn.Module) -> bool:
