@@ -468,8 +468,8 @@ def test_predict_stacked_chunks_reuse_a_pure_backbone(monkeypatch):
     got, calls = _samples(model, x, max_rows=16)  # chunks of 4 samples: 3 stacked forwards
     ref, ref_calls = _unmemoised(model, x, monkeypatch, max_rows=16)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)  # a conv on 4 rows vs 16: rounding only
-    # memo: the row check (5) + the draw check (2) + the probe + once; plain: 5 + 2 + 1 + once per chunk
-    assert calls == 9 and ref_calls == 11
+    # memo: the row check (3) + the probe (one row, two rows) + once; plain: 3 + 2 + once per chunk
+    assert calls == 6 and ref_calls == 8
     assert "forward" not in model.features.__dict__  # the layers are left as they were
 
 
@@ -519,8 +519,8 @@ def test_predict_keeps_no_per_chunk_outputs():
     model = nn.Sequential(nn.Linear(3, 8), nn.Dropout(0.5), nn.Linear(8, 2), Count()).eval()
     mc.predict(model, torch.randn(4, 3), samples=12, task="regression", max_rows=8)  # 6 chunks of 2 samples
     mc.predict(model, torch.randn(4, 3), samples=6, task="regression", vectorize=False)  # 6 forwards
-    assert len(live) == 5 + 2 + 1 + 6 + 6  # the row check, the draw check, the probe, then the chunks
-    assert max(live[8:]) == max(live[8:10]) and live[-1] == live[-5]  # constant: nothing accumulates per chunk
+    assert len(live) == 3 + 2 + 6 + 6  # the row check, the probe (one row, two rows), then the chunks
+    assert max(live[5:]) == max(live[5:7]) and live[-1] == live[-5]  # constant: nothing accumulates per chunk
 
 
 # ---- _Memo: review (in-place layers, random or reassigned weights, shared modules, per-sample edits) -------------
@@ -770,7 +770,10 @@ def test_predict_loops_a_model_whose_mask_every_stacked_sample_would_share(kind,
     model = _TableDrop(kind, batch_first).eval()
     shape = (3, 5) if batch_first else (5, 3)
     x = torch.randint(0, 10, shape) if kind == "embedding" else torch.randn(*shape, 4)
-    assert mc._stack_dims(model, x, "auto") is None
+    dim = 0 if batch_first else 1
+    assert mc._stack_dims(model, x, "auto") == (dim, dim)  # the rows are independent; the masks are the catch
+    with torch.no_grad(), mc.mc_dropout(model), mc._SampleStreams(0, shape[dim], 8) as streams:
+        assert mc._per_chunk(model, x.narrow(dim, 0, 1), dim, shape[dim], 8, 6, streams, check=True) == 1
     kw = {"samples": 8, "seed": 2, "task": "regression", "keep_samples": True}
     auto = mc.predict(model, x, max_rows=6, **kw).samples
     assert torch.equal(auto, mc.predict(model, x, vectorize=False, **kw).samples)
@@ -806,14 +809,17 @@ class _Asserts(_SeqFirst):
         return super().forward(x)
 
 
+@pytest.mark.parametrize("lengths", [(6, 4, 3), (6, 6, 3)])
 @pytest.mark.parametrize("model", [_Sorted(False), _Sorted(True), _Tiled(), _Asserts()], ids=type)
-def test_predict_loops_a_model_that_stacked_rows_would_break(model):
+def test_predict_loops_a_model_that_stacked_rows_would_break(model, lengths):
     """Adversarial review: the row check on the pair missed a batch that must stay sorted (a crash), a model that
     reorders rows (samples mixed up), an output with two row dimensions (wrong shape) and an assert (a crash).
-    It now checks the pair laid out as two stacked samples (a, b, a, b) and treats any error as "loop"."""
+    It now checks the first and the last row (a sorted batch's extremes) laid out as two stacked samples
+    (a, b, a, b), and treats any error as "loop"."""
     torch.manual_seed(0)
     x = torch.randn(6, 3, 4)
-    x[4:, 1] = x[3:, 2] = 0  # lengths 6, 4, 3: sorted
+    for row, length in enumerate(lengths):  # sorted; with two equal, the first two rows look sorted when stacked
+        x[length:, row] = 0
     model.eval()
     assert mc._stack_dims(model, x, "auto") is None
     kw = {"samples": 6, "seed": 2, "task": "regression", "keep_samples": True}

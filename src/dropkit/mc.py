@@ -424,6 +424,15 @@ class _SampleStreams:
         self.t0, self.t, self.site = t0, t, 0
         yield
 
+    @contextlib.contextmanager
+    def recording(self):
+        """Collect the number of elements of every mask's input drawn inside the block, in order."""
+        saved, self.sizes = self.sizes, []
+        try:
+            yield self.sizes
+        finally:
+            self.sizes = saved
+
     def __enter__(self) -> _SampleStreams:
         _streams_lock.acquire()
         self._saved = dkF._seed_override, dkF._sample_hook
@@ -672,22 +681,41 @@ def _plain_dropout(rest: nn.Module) -> nn.Dropout | None:
     return layer if type(layer) is nn.Dropout and not _hooked(layer) else None
 
 
-def _per_chunk(rest: nn.Module, row: torch.Tensor, rows: int, samples: int, max_rows: int, streams) -> int:
-    """:func:`samples_per_chunk` for ``rest``, its widest activation measured on ``row`` (one row of the input)."""
+def _per_chunk(
+    rest: nn.Module, row: torch.Tensor, dim: int, rows: int, samples: int, max_rows: int, streams, check: bool
+) -> int:
+    """:func:`samples_per_chunk` for ``rest``, its widest activation measured on ``row`` (one row of the input).
+
+    ``1``, the loop, also when a layer is tied to the batch size, and (``check``) when a mask drawn would be
+    shared by the stacked samples. Checked in MC mode on ``row`` alone and stacked twice in ``dim``: the input
+    of every mask drawn through dropkit (torch's dropout modules and functional calls included, see
+    :class:`mc_dropout`) must double. A dropout applied to something without the samples' rows (a weight, an
+    embedding table, a positional buffer later broadcast over the batch) draws one mask that every stacked
+    sample would share, where the loop draws one per sample; the eval-mode row check cannot see it.
+    """
     try:
-        with streams.chunk(0, 1):  # a one-row probe (it may draw masks from the streams; output dropped)
-            return samples_per_chunk(_widest_activation(rest, row) * rows, rows, samples, max_rows)
+        with streams.chunk(0, 1), streams.recording() as one:  # a one-row probe (its output dropped)
+            widest = _widest_activation(rest, row)
+        if check:
+            with streams.chunk(0, 2), streams.recording() as two:
+                rest(_repeat(row, 2, dim))
+            if len(one) != len(two) or any(2 * a != b for a, b in zip(one, two, strict=False)):
+                return 1
     except (RuntimeError, ValueError):  # a layer tied to the batch size (noise_shape=(N, ...), x.view(N, ...))
         return 1  # the loop: every forward sees the caller's batch
+    return samples_per_chunk(widest * rows, rows, samples, max_rows)
 
 
 @torch.no_grad()
-def _draw(model: nn.Module, x: torch.Tensor, samples: int, max_rows: int, dims: tuple[int, int] | None) -> torch.Tensor:
+def _draw(
+    model: nn.Module, x: torch.Tensor, samples: int, max_rows: int, dims: tuple[int, int] | None, check: bool = True
+) -> torch.Tensor:
     """Return ``samples`` stochastic outputs of ``model`` at ``x``, shape ``(T, *)`` (``*``: one output's shape).
 
     ``dims`` (from :func:`_stack_dims`): ``None`` for a loop of whole-model forwards, or the input dimension the
-    samples stack in and the output dimension they come out in. Stacked chunks of :func:`samples_per_chunk`
-    samples; a chunk of one sample is a loop that reuses the prefix. Masks come from :class:`_SampleStreams`,
+    samples stack in and the output dimension they come out in; ``check``: loop if a mask would be shared by
+    stacked samples (:func:`_per_chunk`). Stacked chunks of :func:`samples_per_chunk` samples; a chunk of one
+    sample is a loop that reuses the prefix. Masks come from :class:`_SampleStreams`,
     seeded from torch's generator, so sample ``t`` is the same whatever the chunking (in dimension 0).
     """
     stack, out_dim = dims or (0, 0)
@@ -698,11 +726,13 @@ def _draw(model: nn.Module, x: torch.Tensor, samples: int, max_rows: int, dims: 
         elif stack == 0:
             prefix, rest = _split_sequential(model)
             h = prefix(x) if prefix is not None else x
-            per_chunk = _per_chunk(rest, h[:1].clone(), n, samples, max_rows, streams)
+            per_chunk = _per_chunk(rest, h[:1].clone(), 0, n, samples, max_rows, streams, check)
             first = _plain_dropout(rest)
         else:  # sequence-first: the samples' rows stacked beside each other in dimension 1
             rest, h, first = model, x, None
-            per_chunk = _per_chunk(rest, x.narrow(stack, 0, 1).clone(), n, samples, max_rows, streams)
+            per_chunk = _per_chunk(rest, x.narrow(stack, 0, 1).clone(), stack, n, samples, max_rows, streams, check)
+            if per_chunk == 1:  # one sample per forward: the loop, its masks aligned as vectorize=False aligns them
+                streams.rows = x.shape[0]
         with _Memo(rest, h) as memo:  # deterministic layers on h run once, for all chunks
             while done < samples:
                 t = min(per_chunk, samples - done)
@@ -784,7 +814,7 @@ def predict(
     beside the rows, and come out of whichever output dimension carries them. Those draws are not aligned
     with the loop's: there ``max_rows`` and ``vectorize`` change the values, not their law (``seed=`` still
     reproduces them). Either way ``"auto"`` stacks only if every mask drawn through dropkit grows with the
-    number of samples stacked (:func:`_draws_scale`): a dropout on a weight, an embedding table or a positional
+    number of samples stacked (:func:`_per_chunk`): a dropout on a weight, an embedding table or a positional
     buffer would give the stacked samples one shared mask. ``True`` stacks in dimension 0 regardless (the
     caller vouches for the rows); ``False`` runs a Python loop of whole-model forwards (deterministic torch
     layers on the input still computed once, bit for bit the plain forward's outputs). Calls from several
@@ -836,7 +866,7 @@ def predict(
         with mc_dropout(model):
             if seed is not None:
                 torch.manual_seed(seed)
-            outputs = _draw(model, x, samples, max_rows, dims)
+            outputs = _draw(model, x, samples, max_rows, dims, check=vectorize == "auto")
     if samples > 1 and bool((outputs == outputs[:1]).all()):
         raise RuntimeError(
             f"{op}: all {samples} MC samples are identical: no stochastic path was active in "
@@ -851,9 +881,11 @@ _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm
 
 
 def _two_rows(x: torch.Tensor) -> torch.Tensor | None:
-    """Two different rows of ``x`` for :func:`_rows_independent`: the first and the first that differs from it.
+    """Two different rows of ``x`` for :func:`_batch_dim`: the first and the last that differs from it.
 
-    Identical rows would hide a symmetric coupling (attention over the two, a mean over the batch). Where all
+    Identical rows would hide a symmetric coupling (attention over the two, a mean over the batch). The first
+    and the last are a sorted batch's extremes, so a model that needs its rows sorted (``pack_padded_sequence``
+    with ``enforce_sorted=True``) or sorts them sees the pair laid out as two stacked samples unsorted. Where all
     rows are equal (one row, or padding), the second is the first with its entries rolled along the last
     dimension (the same values: still valid token ids), or, for a constant row, the first plus one if the input
     is floating point; integer input then has none (a made-up id could be out of range), and ``None`` sends
@@ -862,7 +894,7 @@ def _two_rows(x: torch.Tensor) -> torch.Tensor | None:
     first = x[:1]
     differs = (x != first).reshape(x.shape[0], -1).any(1).nonzero()
     if differs.numel():
-        j = int(differs[0])
+        j = int(differs[-1])
         return torch.cat([first, x[j : j + 1]])
     if first.dim() > 1:  # the row's entries rolled: the same values in another order, valid token ids too
         other = first.roll(1, -1)
@@ -916,9 +948,13 @@ def _batch_dim(model: nn.Module, x: torch.Tensor, dim: int = 0) -> int | None:
             with streams.chunk(0, 4):  # on copies: an in-place first layer must not edit x
                 stacked = model(rows.clone())
             alone = []
-            for row in range(4):
+            with streams.recording() as drawn:
+                for row in range(2):
+                    with streams.chunk(row, 1):
+                        alone.append(model(rows.narrow(dim, row, 1).clone()))
+            for row in range(2, 4):  # the same rows again: computed again only if row-aligned masks were drawn
                 with streams.chunk(row, 1):
-                    alone.append(model(rows.narrow(dim, row, 1).clone()))
+                    alone.append(model(rows.narrow(dim, row, 1).clone()) if drawn else alone[row - 2])
     except Exception:  # noqa: BLE001 - whatever these rows make the model raise, the loop is the safe answer
         return None
     finally:
@@ -934,29 +970,6 @@ def _batch_dim(model: nn.Module, x: torch.Tensor, dim: int = 0) -> int | None:
         return None
     out = grown[0]
     return out if all(_matches(stacked.narrow(out, k, 1), alone[k]) for k in range(4)) else None
-
-
-@torch.no_grad()
-def _draws_scale(model: nn.Module, x: torch.Tensor, dim: int) -> bool:
-    """Whether every mask drawn in a forward of stacked samples is drawn over all of them, none shared.
-
-    Two forwards in MC mode, of one row of ``x`` stacked 2 and 3 times in ``dim``: the input of every mask drawn
-    through dropkit (torch's dropout modules and functional calls included, see :class:`mc_dropout`) must grow
-    in proportion, 2 : 3. A dropout applied to something without the samples' rows (a weight, an embedding
-    table, a positional buffer later broadcast over the batch) draws one mask that every stacked sample would
-    share, where the loop draws one per sample; the eval-mode row check cannot see it.
-    """
-    row, sizes = x.narrow(dim, 0, 1), []
-    try:
-        with mc_dropout(model):
-            for t in (2, 3):
-                with _SampleStreams(0, 1, t) as streams, streams.chunk(0, t):
-                    streams.sizes = []
-                    model(_repeat(row, t, dim))
-                    sizes.append(streams.sizes)
-    except Exception:  # noqa: BLE001 - the loop is the safe answer
-        return False
-    return len(sizes[0]) == len(sizes[1]) and all(3 * a == 2 * b for a, b in zip(*sizes, strict=True))
 
 
 def _rows_independent(model: nn.Module, x: torch.Tensor) -> bool:
@@ -997,9 +1010,9 @@ def _stack_dims(model: nn.Module, x: torch.Tensor, vectorize: bool | str) -> tup
 
     ``vectorize=True``: dimension 0, as the caller vouches. ``"auto"``: dimension 0 if the model maps its rows
     independently there (:func:`_batch_dim`); else dimension 1 if it does there and draws element-wise only
-    (:func:`_draws_elementwise`: sequence-first RNNs and Transformers, ``(L, N, ...)``); either only if no mask
-    would be shared by the stacked samples (:func:`_draws_scale`). Else the loop, as also when a module mixes
-    the batch (:func:`_mixes_batch`).
+    (:func:`_draws_elementwise`: sequence-first RNNs and Transformers, ``(L, N, ...)``); else the loop, as also
+    when a module mixes the batch (:func:`_mixes_batch`). :func:`_draw` still loops if a mask would be shared by
+    the stacked samples (:func:`_per_chunk`).
     """
     if vectorize is True:
         return 0, 0
@@ -1009,9 +1022,7 @@ def _stack_dims(model: nn.Module, x: torch.Tensor, vectorize: bool | str) -> tup
     dim = 0
     if out is None and x.dim() > 1 and _draws_elementwise(model):
         out, dim = _batch_dim(model, x, 1), 1
-    if out is None or not _draws_scale(model, x, dim):
-        return None
-    return dim, out
+    return None if out is None else (dim, out)
 
 
 def _mixes_batch(model: nn.Module) -> bool:
