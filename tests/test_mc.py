@@ -780,6 +780,21 @@ def test_predict_loops_a_model_whose_mask_every_stacked_sample_would_share(kind,
     assert len({tuple(sample.flatten().tolist()) for sample in auto}) == 8  # every sample its own mask
 
 
+def test_predict_loops_a_model_whose_mask_is_shared_by_the_batch():
+    """``noise_shape=(1, F)``: one mask for the whole batch in each forward. Stacked, the samples of a chunk would
+    share it; the probe sees the mask draw no more elements for two stacked rows than for one, and loops."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), dnn.Dropout(0.5, noise_shape=(1, None)), nn.Linear(8, 2)).eval()
+    x = torch.randn(3, 4)
+    assert mc._stack_dims(model, x, "auto") == (0, 0)
+    with torch.no_grad(), mc.mc_dropout(model), mc._SampleStreams(0, 3, 8) as streams:
+        assert mc._per_chunk(model[1:], model[0](x[:1]), 0, 3, 8, 64, streams, check=True) == 1
+    kw = {"samples": 8, "seed": 2, "task": "regression", "keep_samples": True}
+    auto = mc.predict(model, x, **kw).samples
+    assert torch.equal(auto, mc.predict(model, x, vectorize=False, **kw).samples)
+    assert len({tuple(sample.flatten().tolist()) for sample in auto}) == 8
+
+
 class _Sorted(nn.Module):
     """Packs a sequence-first batch by length: needs sorted rows (``sort=False``) or sorts them (``True``)."""
 

@@ -294,8 +294,8 @@ _threshold._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 _seed_override = None  # set by dropkit.consistent.frozen_masks: a callable giving the seed of the current site
-# set by dropkit.mc.predict: input -> (seed, first row) placing this mask in the stream of MC samples (its rows are
-# rows first.. of the T * N stacked rows of all samples), or None
+# set by dropkit.mc.predict: (input, mask dims) -> (seed, first row) placing this mask in the stream of MC samples (its
+# rows are rows first.. of the T * N stacked rows of all samples), or None
 _sample_hook = None
 
 
@@ -324,9 +324,9 @@ def _spec(
     """Return the mask spec of one call: seeded from ``seed``, a torch generator, or a device generator."""
     threshold, traced_p = _keep_threshold(input, p)
     if seed is None and _sample_hook is not None and not isinstance(generator, rng.DeviceGenerator):
-        draw = _sample_hook(input)  # MC samples stacked in the batch: this chunk's rows of one (seed, tensor)
+        k = input.dim() if mask_dims < 0 else mask_dims
+        draw = _sample_hook(input, k)  # MC samples stacked in the batch: this chunk's rows of one (seed, tensor)
         if draw is not None:  # from row draw[1] of the T * N stacked rows: a run of global indices, an offset
-            k = input.dim() if mask_dims < 0 else mask_dims
             offset = draw[1] * math.prod(input.shape[1:k]) if k > 0 else 0
             return MaskSpec(draw[0], offset, threshold, scale, bias, fill, mask_dims, p=traced_p)
     shards: dict[int, tuple[int, int, int]] = {}

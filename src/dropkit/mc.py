@@ -370,16 +370,16 @@ class _SampleStreams:
         self.seed, self.rows, self.samples = seed, rows, samples
         self.site_seeds: list[int] = []
         self.t0, self.t, self.site = 0, 1, 0
-        self.sizes: list[int] | None = None  #: when a list, the size of every mask's input is appended to it
+        self.sizes: list[int] | None = None  #: when a list, every mask's number of draws is appended to it
 
-    def _draw(self, x: torch.Tensor) -> tuple[int, int] | None:
+    def _draw(self, x: torch.Tensor, mask_dims: int) -> tuple[int, int] | None:
         """The seed of a mask whose input holds the chunk's stacked rows, and the global row its rows start at.
 
         ``functional._spec`` reads the input's rows as rows ``t0 * N ..`` of the ``T * N`` rows of all samples
         (what :func:`dropkit.rng.shard` on dimension 0 would say): its mask indices start at that row's.
         """
         if self.sizes is not None:
-            self.sizes.append(x.numel())
+            self.sizes.append(math.prod(x.shape[:mask_dims]))
         if rng.current_shards() or x.dim() == 0 or x.shape[0] != self.t * self.rows:
             return None  # not aligned: :meth:`_seed` gives this site a chunk-dependent seed
         site, self.site = self.site, self.site + 1
@@ -426,7 +426,7 @@ class _SampleStreams:
 
     @contextlib.contextmanager
     def recording(self):
-        """Collect the number of elements of every mask's input drawn inside the block, in order."""
+        """Collect the number of draws (mask elements) of every mask drawn inside the block, in order."""
         saved, self.sizes = self.sizes, []
         try:
             yield self.sizes
@@ -687,11 +687,12 @@ def _per_chunk(
     """:func:`samples_per_chunk` for ``rest``, its widest activation measured on ``row`` (one row of the input).
 
     ``1``, the loop, also when a layer is tied to the batch size, and (``check``) when a mask drawn would be
-    shared by the stacked samples. Checked in MC mode on ``row`` alone and stacked twice in ``dim``: the input
-    of every mask drawn through dropkit (torch's dropout modules and functional calls included, see
-    :class:`mc_dropout`) must double. A dropout applied to something without the samples' rows (a weight, an
-    embedding table, a positional buffer later broadcast over the batch) draws one mask that every stacked
-    sample would share, where the loop draws one per sample; the eval-mode row check cannot see it.
+    shared by the stacked samples. Checked in MC mode on ``row`` alone and stacked twice in ``dim``: every mask
+    drawn through dropkit (torch's dropout modules and functional calls included, see :class:`mc_dropout`)
+    must draw twice as many elements. A dropout applied to something without the samples' rows (a weight, an
+    embedding table, a positional buffer later broadcast over the batch), or with a mask shared along ``dim``
+    (``noise_shape=(1, F)``), draws one mask that every stacked sample would share, where the loop draws one
+    per sample; the eval-mode row check cannot see it.
     """
     try:
         with streams.chunk(0, 1), streams.recording() as one:  # a one-row probe (its output dropped)
