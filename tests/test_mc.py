@@ -795,6 +795,86 @@ def test_predict_loops_a_model_whose_mask_is_shared_by_the_batch():
     assert len({tuple(sample.flatten().tolist()) for sample in auto}) == 8
 
 
+class _WeightNoise(nn.Module):
+    """A dropkit op that seeds through ``functional._seed`` (no mask spec) applied to a weight or to activations."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind, self.fc, self.out = kind, nn.Linear(6, 6), nn.Linear(6, 2)
+        self.drop = dnn.WeightDrop(nn.Linear(6, 6), ["weight"], p=0.5) if kind == "weightdrop" else None
+
+    def forward(self, x):
+        if self.kind == "weightdrop":
+            return self.out(self.drop(x))
+        if self.kind == "drop_connect":
+            return self.out(dkF.drop_connect_linear(x, self.fc.weight, self.fc.bias, p=0.5, training=self.training))
+        if self.kind == "noise-on-weight":
+            w = dkF.gaussian_noise(self.fc.weight, 0.5, training=self.training)
+            return self.out(nn.functional.linear(x, w, self.fc.bias))
+        return self.out(dkF.gaussian_noise(self.fc(x), 0.5, training=self.training))  # on activations
+
+
+@pytest.mark.parametrize("kind", ["weightdrop", "drop_connect", "noise-on-weight", "noise-on-activations"])
+def test_predict_sees_masks_drawn_outside_mask_specs(kind):
+    """Second review: ops seeded through functional._seed (WeightDrop, DropConnect, Gaussian noise) recorded
+    nothing in the shared-mask check, so a weight's mask was shared by every stacked sample. They now say how
+    many values they draw (None for a weight's): activations' noise still stacks, weights' masks loop."""
+    torch.manual_seed(0)
+    model, x = _WeightNoise(kind).eval(), torch.randn(5, 6)
+    with torch.no_grad(), mc.mc_dropout(model), mc._SampleStreams(0, 5, 8) as streams:
+        per_chunk = mc._per_chunk(model, x[:1], 0, 5, 8, 64, streams, check=True)
+    assert (per_chunk > 1) == (kind == "noise-on-activations")
+    assert mc._mixes_batch(model) == (kind == "weightdrop")  # WeightDrop says so itself, as DropConnect layers do
+    samples = mc.predict(model, x, samples=8, seed=1, task="regression", keep_samples=True).samples
+    assert len({tuple(sample.flatten().tolist()) for sample in samples}) == 8
+
+
+def test_predict_does_not_fold_a_noise_layer_into_the_prefix_nor_compound_an_inplace_first_layer():
+    """Second review: a Sequential's layer calling dkF.gaussian_noise(training=self.training) ran once, in the
+    deterministic prefix (one noise draw for all samples); an in-place Dropout2d right after the prefix, one sample
+    per forward, edited the cached prefix output, so the masks compounded (sample norms 5.4, 8.2, 11.5, ...)."""
+
+    class NoiseIn(nn.Module):
+        def forward(self, x):
+            return dkF.gaussian_noise(x, 0.5, training=self.training)
+
+    torch.manual_seed(0)
+    noisy = nn.Sequential(NoiseIn(), nn.Linear(4, 8), nn.Dropout(0.1), nn.Linear(8, 2)).eval()
+    assert mc._split_sequential(noisy)[0] is None
+    x = torch.randn(6, 4)
+    auto = mc.predict(noisy, x, samples=300, seed=1, task="regression", keep_samples=True).samples
+    loop = mc.predict(noisy, x, samples=300, seed=1, task="regression", keep_samples=True, vectorize=False).samples
+    assert bool((auto.var(0) > 0.5 * loop.var(0)).all() and (auto.var(0) < 2 * loop.var(0)).all())
+
+    inplace = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Dropout2d(0.25, inplace=True), nn.ReLU(), nn.Flatten()).eval()
+    x = torch.randn(2, 1, 6, 6)
+    x0 = x.clone()
+    for kw in ({"max_rows": 2}, {"vectorize": False}):  # one sample per forward: on the prefix output, on x
+        samples = mc.predict(inplace, x, samples=40, seed=1, task="regression", keep_samples=True, **kw).samples
+        with torch.no_grad():
+            clean = torch.relu(inplace[0](x)).flatten(1)
+        _check_dropout_samples_channels(samples, clean, 0.25)
+    assert torch.equal(x, x0)
+
+
+def _check_dropout_samples_channels(samples, clean, p):
+    """Every sample is ``clean`` with whole channels dropped and the rest scaled by 1 / (1 - p): no compounding."""
+    kept = samples != 0
+    assert torch.allclose(torch.where(kept, samples, clean / (1 - p)), clean.expand_as(samples) / (1 - p), atol=1e-5)
+
+
+def test_predict_with_seed_leaves_cuda_generators_alone(monkeypatch):
+    """Second review: torch.manual_seed also seeds CUDA (queued until CUDA starts when it has not), which
+    fork_rng(devices=[]) does not restore. Without CUDA started, only the CPU generator is seeded."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: calls.append(seed))
+    model, x = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.5), nn.Linear(4, 2)).eval(), torch.randn(4, 3)
+    state = torch.get_rng_state()
+    first = mc.predict(model, x, samples=5, seed=7).mean
+    assert calls == [] and torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(first, mc.predict(model, x, samples=5, seed=7).mean)
+
+
 class _Sorted(nn.Module):
     """Packs a sequence-first batch by length: needs sorted rows (``sort=False``) or sorts them (``True``)."""
 

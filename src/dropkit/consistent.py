@@ -120,7 +120,7 @@ class frozen_masks(contextlib.ContextDecorator):  # noqa: N801 - used like a fun
         self._entered: list[tuple[object, list, list[tuple[nn.Module, object]]]] = []
 
     # -- seeds of the current site ---------------------------------------------------------------------------
-    def _next_seed(self) -> int:
+    def _next_seed(self, draws: int | None = None) -> int:  # noqa: ARG002 - functional._seed's hint, unused here
         if not self._frames:
             return site_seed(self.seed)
         frame = self._frames[-1]

@@ -299,15 +299,19 @@ _seed_override = None  # set by dropkit.consistent.frozen_masks: a callable givi
 _sample_hook = None
 
 
-def _seed(seed: int | None, generator: torch.Generator | None) -> int:
+def _seed(seed: int | None, generator: torch.Generator | None, draws: int | None = None) -> int:
     """Return the call's seed: ``seed`` itself, or one drawn from ``generator`` (torch's CPU generator if ``None``).
+
+    ``draws``: how many random values the call draws from it when they follow the input's rows (one per row,
+    or per element), ``None`` for draws that do not (a weight's mask, one value for the whole call). MC
+    prediction reads it to tell masks its stacked samples could share (:func:`dropkit.mc._per_chunk`).
 
     Drawn seeds go through :func:`dropkit.rng.draw_seed_mixed`: replayed when ``torch.utils.checkpoint``
     recomputes, rank-mixed under :func:`dropkit.rng.parallel`, and a 0-d int64 tensor drawn by a custom op
     while torch traces (the same value eager draws).
     """
-    if seed is None and _seed_override is not None:  # frozen masks: one fixed seed per call site
-        return _seed_override()
+    if seed is None and _seed_override is not None:  # frozen masks: one fixed seed per call site; MC's streams
+        return _seed_override(draws)
     return int(seed) if seed is not None else rng.draw_seed_mixed(generator)
 
 
@@ -323,8 +327,8 @@ def _spec(
 ) -> MaskSpec:
     """Return the mask spec of one call: seeded from ``seed``, a torch generator, or a device generator."""
     threshold, traced_p = _keep_threshold(input, p)
+    k = input.dim() if mask_dims < 0 else mask_dims
     if seed is None and _sample_hook is not None and not isinstance(generator, rng.DeviceGenerator):
-        k = input.dim() if mask_dims < 0 else mask_dims
         draw = _sample_hook(input, k)  # MC samples stacked in the batch: this chunk's rows of one (seed, tensor)
         if draw is not None:  # from row draw[1] of the T * N stacked rows: a run of global indices, an offset
             offset = draw[1] * math.prod(input.shape[1:k]) if k > 0 else 0
@@ -342,7 +346,8 @@ def _spec(
         state = generator.draw(math.prod(shape))
         state = state.to(input.device)
         return MaskSpec(0, 0, threshold, scale, bias, fill, mask_dims, state=state, shard=shard, p=traced_p)
-    return MaskSpec(_seed(seed, generator), 0, threshold, scale, bias, fill, mask_dims, shard=shard, p=traced_p)
+    seed = _seed(seed, generator, math.prod(input.shape[:k]))
+    return MaskSpec(seed, 0, threshold, scale, bias, fill, mask_dims, shard=shard, p=traced_p)
 
 
 def _keep_threshold(input: torch.Tensor, p: float) -> tuple[int, float | None]:
@@ -720,7 +725,7 @@ def gaussian_dropout(
     _validate.tensor_input("gaussian_dropout", input, training)
     if not training or p == 0.0 or input.numel() == 0:
         return input
-    return _noise(input, _seed(seed, generator), math.sqrt(p / (1.0 - p)), True, bool(inplace))
+    return _noise(input, _seed(seed, generator, input.numel()), math.sqrt(p / (1.0 - p)), True, bool(inplace))
 
 
 def gaussian_noise(
@@ -755,7 +760,7 @@ def gaussian_noise(
     _validate.tensor_input("gaussian_noise", input, training)
     if not training or stddev == 0.0 or input.numel() == 0:
         return input
-    return _noise(input, _seed(seed, generator), stddev, False, bool(inplace))
+    return _noise(input, _seed(seed, generator, input.numel()), stddev, False, bool(inplace))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1258,7 +1263,7 @@ def drop_connect_linear(
     _validate.tensor_input(op, input, training)
     if not training or p == 0.0:
         return torch.nn.functional.linear(input, weight, bias)
-    seed = _seed(seed, generator)
+    seed = _seed(seed, generator, (1 if input.dim() == 1 else input.shape[0]) if per_sample else None)
     if not per_sample:
         return torch.nn.functional.linear(input, *_drop_connect_params(weight, bias, p, drop_bias, None, seed))
     rows = input.unsqueeze(0) if input.dim() == 1 else input
@@ -1302,7 +1307,7 @@ def _drop_connect_conv(
     _validate.tensor_input(op, input, training)
     if not training or p == 0.0:
         return conv(input, weight, bias, stride, padding, dilation, groups)
-    seed = _seed(seed, generator)
+    seed = _seed(seed, generator, input.shape[0] if per_sample else None)
     if not per_sample:
         w, b = _drop_connect_params(weight, bias, p, drop_bias, None, seed)
         return conv(input, w, b, stride, padding, dilation, groups)
@@ -1465,7 +1470,7 @@ def concrete_dropout(
         return input
     opmath = torch.float32 if input.dtype in (torch.float16, torch.bfloat16) else input.dtype  # eps underflows in half
     p = torch.sigmoid(torch.as_tensor(p_logit, device=input.device).to(opmath))
-    u = rng.uniform(input.shape, _seed(seed, generator), device=input.device).to(opmath)
+    u = rng.uniform(input.shape, _seed(seed, generator, input.numel()), device=input.device).to(opmath)
     drop = torch.sigmoid(
         (torch.log(p + eps) - torch.log(1.0 - p + eps) + torch.log(u + eps) - torch.log(1.0 - u + eps)) / temperature
     )
@@ -1514,7 +1519,8 @@ def _per_sample(
     if not training or p == 0.0 or input.numel() == 0:
         return input
     factor = 0.0 if p == 1.0 else (1.0 / (1.0 - p) if scale else 1.0)
-    spec = MaskSpec(_seed(seed, generator), 0, _threshold(p), factor, mask_dims=mask_dims)
+    seed = _seed(seed, generator, math.prod(input.shape[:mask_dims]))
+    spec = MaskSpec(seed, 0, _threshold(p), factor, mask_dims=mask_dims)
     return _apply_mask(input, spec)
 
 
@@ -1765,7 +1771,7 @@ def drop_path_residual(
         out = branch(input)
         _validate.same_shape(op, "branch(input)", out.shape, input.shape)
         return input + out
-    spec = MaskSpec(_seed(seed, generator), 0, _threshold(p), 1.0, mask_dims=1)
+    spec = MaskSpec(_seed(seed, generator, input.shape[0]), 0, _threshold(p), 1.0, mask_dims=1)
     keep = kernels.keep_mask(spec, (input.shape[0],), input.device)
     kept = keep.nonzero().squeeze(1)
     out = branch(input[kept])
@@ -1874,7 +1880,7 @@ def _drop_block(
     block_size = min(block_size, *input.shape[2:])  # a block as large as the map at most, as torchvision and timm
     gamma = _block_gamma(p, block_size, tuple(input.shape[2:]))
     threshold, traced_p = _keep_threshold(input, gamma)  # gamma is symbolic under dynamic shapes
-    spec = MaskSpec(_seed(seed, generator), 0, threshold, 0.0 if p == 1.0 else 1.0, p=traced_p)
+    spec = MaskSpec(_seed(seed, generator, input.numel()), 0, threshold, 0.0 if p == 1.0 else 1.0, p=traced_p)
     block = (block_size, couple_channels, scale_by_keep, eps)
     if _transforming():  # torch.func: the same maths from torch ops, which the transforms differentiate and batch
         if "different" in rng._vmap_randomness():
@@ -2072,6 +2078,6 @@ def zoneout(
         return input if p == 0.0 else torch.lerp(input, previous.to(input.dtype).expand_as(input), p)
     if p == 0.0 or input.numel() == 0:
         return input
-    spec = MaskSpec(_seed(seed, generator), 0, _threshold(p), 1.0)
+    spec = MaskSpec(_seed(seed, generator, input.numel()), 0, _threshold(p), 1.0)
     update = kernels.keep_mask(spec, tuple(input.shape), input.device)
     return torch.where(update, input, previous.to(input.dtype))

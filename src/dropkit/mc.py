@@ -79,7 +79,8 @@ GATED_ATTRIBUTES = (
     "zoneout_c",
 )
 
-_FUNCTIONAL_STRUCTURED = ("drop_path", "drop_block", "stochastic_depth")  #: dropkit/timm/torchvision op names
+#: Random ops besides dropout, by name in a forward's source (dropkit/timm/torchvision): all switched on by mc_dropout
+_FUNCTIONAL_STRUCTURED = ("drop_path", "drop_block", "stochastic_depth", "drop_connect", "gaussian_noise", "zoneout")
 _FUNCTIONAL_NAMES = ("dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout")
 _patch_lock = threading.RLock()
 _patch_depth = 0
@@ -378,10 +379,10 @@ class _SampleStreams:
         ``functional._spec`` reads the input's rows as rows ``t0 * N ..`` of the ``T * N`` rows of all samples
         (what :func:`dropkit.rng.shard` on dimension 0 would say): its mask indices start at that row's.
         """
+        if rng.current_shards() or x.dim() == 0 or x.shape[0] != self.t * self.rows:
+            return None  # not aligned: :meth:`_seed` gives this site a chunk-dependent seed (and records it)
         if self.sizes is not None:
             self.sizes.append(math.prod(x.shape[:mask_dims]))
-        if rng.current_shards() or x.dim() == 0 or x.shape[0] != self.t * self.rows:
-            return None  # not aligned: :meth:`_seed` gives this site a chunk-dependent seed
         site, self.site = self.site, self.site + 1
         return self._site_seed(site), self.t0 * self.rows
 
@@ -391,8 +392,14 @@ class _SampleStreams:
             self.site_seeds.append(_mix(self.seed, len(self.site_seeds)))
         return self.site_seeds[site]
 
-    def _seed(self) -> int:
-        """The seed of any other draw (``functional._seed``): independent across sites and chunks."""
+    def _seed(self, draws: int | None = None) -> int:
+        """The seed of any other draw (``functional._seed``): independent across sites and chunks.
+
+        Recorded as ``draws`` values, or as ``-1`` (a mask the stacked samples could share) when the op cannot
+        say (a weight's mask, one value per call).
+        """
+        if self.sizes is not None:
+            self.sizes.append(-1 if draws is None else draws)
         site, self.site = self.site, self.site + 1
         return _mix(self.seed, site, self.t0 + 1)
 
@@ -702,7 +709,7 @@ def _per_chunk(
                 rest(_repeat(row, 2, dim))
             if len(one) != len(two) or any(2 * a != b for a, b in zip(one, two, strict=False)):
                 return 1
-    except (RuntimeError, ValueError):  # a layer tied to the batch size (noise_shape=(N, ...), x.view(N, ...))
+    except Exception:  # noqa: BLE001 - a layer tied to the batch size (noise_shape=(N, ...), x.view(N, ...))
         return 1  # the loop: every forward sees the caller's batch
     return samples_per_chunk(widest * rows, rows, samples, max_rows)
 
@@ -734,6 +741,10 @@ def _draw(
             per_chunk = _per_chunk(rest, x.narrow(stack, 0, 1).clone(), stack, n, samples, max_rows, streams, check)
             if per_chunk == 1:  # one sample per forward: the loop, its masks aligned as vectorize=False aligns them
                 streams.rows = x.shape[0]
+        # one-sample forwards run on a copy of h (the caller's x or the prefix's output) until one is seen not to
+        # edit it in place: an in-place first layer (Dropout2d(inplace=True)) would compound the masks over the
+        # samples. Inference tensors have no version counter: always a copy.
+        edits = None if h.is_inference() or torch.is_inference_mode_enabled() else True
         with _Memo(rest, h) as memo:  # deterministic layers on h run once, for all chunks
             while done < samples:
                 t = min(per_chunk, samples - done)
@@ -741,8 +752,13 @@ def _draw(
                 with streams.chunk(done, t):
                     if first is not None:  # repeat and first dropout fused: the repeat is never materialised
                         out = rest[1:](streams.repeated_dropout(h, t, first.p))
-                    elif t == 1:
+                    elif t == 1 and edits is False:
                         out = rest(h)
+                    elif t == 1:
+                        fresh = memo.add(h.clone(), h, 1)
+                        version = None if edits is None else fresh._version
+                        out = rest(fresh)
+                        edits = None if edits is None else fresh._version != version
                     elif stack == 0:
                         out = rest(memo.add(_repeat(h, t), h, t))
                     else:  # not a repeat in dimension 0: the memo leaves it alone
@@ -828,8 +844,8 @@ def predict(
         samples: Number of MC samples :math:`T >= 1`. Default: ``50``.
         task: ``"classification"`` (the model returns logits over dim 1) or ``"regression"``.
         tau: Model precision for regression: adds :math:`\tau^{-1}` to the predictive variance.
-        seed: Makes the samples reproducible (runs under ``torch.random.fork_rng`` seeded with it, so the
-            global generator is left as it was). Default: ``None``.
+        seed: Makes the samples reproducible (runs under ``torch.random.fork_rng`` seeded with it, so torch's
+            generators, CPU and CUDA, are left as they were). Default: ``None``.
         keep_samples: Keep the raw samples (probabilities or regression outputs) in the result.
         vectorize: ``"auto"``, ``True`` or ``False``.
         max_rows: Most rows per stacked forward (a memory budget). Default: ``8192``.
@@ -861,12 +877,16 @@ def predict(
     if seed is not None:
         _validate.seed_source(op, seed, None)
 
-    rng_scope = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
+    cuda = torch.cuda.is_initialized()  # its generators too are seeded (torch's own dropout on the GPU draws there)
+    devices = list(range(torch.cuda.device_count())) if cuda else []
+    rng_scope = torch.random.fork_rng(devices=devices) if seed is not None else contextlib.nullcontext()
     with _streams_lock, rng_scope:  # one predict at a time: seeding and mode flags are global
         dims = _stack_dims(model, x, vectorize)
         with mc_dropout(model):
-            if seed is not None:
+            if seed is not None and cuda:
                 torch.manual_seed(seed)
+            elif seed is not None:  # not torch.manual_seed: it would queue a seed for CUDA's start, kept after
+                torch.default_generator.manual_seed(seed)
             outputs = _draw(model, x, samples, max_rows, dims, check=vectorize == "auto")
     if samples > 1 and bool((outputs == outputs[:1]).all()):
         raise RuntimeError(

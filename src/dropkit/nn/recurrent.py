@@ -304,7 +304,7 @@ class _VariationalRNN:
         self.check_forward_args(data if packed else input, hx, batch_sizes)  # type: ignore[attr-defined]
         states = tuple(hx) if lstm else (hx,)
 
-        seed = F._seed(None, self.generator) if training else None
+        seed = F._seed(None, self.generator, batch) if training else None  # masks per sequence: one per row
         masks = _Masks(seed, self.dropout_mode, data, sorted_indices)
         rows = None if batch_sizes is None else _packed_rows(batch_sizes, data.device)
         output, finals = self._layers(data, batch_sizes, rows, states, masks, training, batch)
@@ -778,6 +778,9 @@ class WeightDrop(nn.Module):
         self.seed = seed
         self.generator = rng._own_generator(self, "WeightDrop", seed, generator)
         self.module = module
+
+    #: One mask per forward for every row of the batch: :func:`dropkit.mc.predict` must not stack MC samples.
+    shares_mask_across_batch = True
 
     def forward(self, *args, **kwargs):
         """Run the wrapped module, with masked weights in training."""
