@@ -744,7 +744,8 @@ def _draw(
         # one-sample forwards run on a copy of h (the caller's x or the prefix's output) until one is seen not to
         # edit it in place: an in-place first layer (Dropout2d(inplace=True)) would compound the masks over the
         # samples. Inference tensors have no version counter: always a copy.
-        edits = None if h.is_inference() or torch.is_inference_mode_enabled() else True
+        tracked = not (h.is_inference() or torch.is_inference_mode_enabled())
+        copy_h = True
         with _Memo(rest, h) as memo:  # deterministic layers on h run once, for all chunks
             while done < samples:
                 t = min(per_chunk, samples - done)
@@ -752,13 +753,13 @@ def _draw(
                 with streams.chunk(done, t):
                     if first is not None:  # repeat and first dropout fused: the repeat is never materialised
                         out = rest[1:](streams.repeated_dropout(h, t, first.p))
-                    elif t == 1 and edits is False:
+                    elif t == 1 and not copy_h:
                         out = rest(h)
                     elif t == 1:
                         fresh = memo.add(h.clone(), h, 1)
-                        version = None if edits is None else fresh._version
+                        version = fresh._version if tracked else None
                         out = rest(fresh)
-                        edits = None if edits is None else fresh._version != version
+                        copy_h = not tracked or fresh._version != version
                     elif stack == 0:
                         out = rest(memo.add(_repeat(h, t), h, t))
                     else:  # not a repeat in dimension 0: the memo leaves it alone
