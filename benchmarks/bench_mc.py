@@ -299,13 +299,12 @@ def predict_path(model: nn.Module, x: torch.Tensor, samples: int) -> str:
     dims = dmc._stack_dims(model, x, "auto")
     if dims is None:
         return "Python loop (rows not independent)"
-    dim = dims[0]
+    dim, n = dims[0], x.shape[dims[0]]
     prefix, rest = dmc._split_sequential(model) if dim == 0 else (None, model)
     where = "prefix once" if prefix is not None else "whole model"
-    with torch.no_grad(), dmc.mc_dropout(model):
+    with torch.no_grad(), dmc.mc_dropout(model), dmc._SampleStreams(0, n, samples) as streams:
         h = prefix(x) if prefix is not None else x
-        widest = dmc._widest_activation(rest, h.narrow(dim, 0, 1)) * x.shape[dim]
-    per = dmc.samples_per_chunk(widest, x.shape[dim], samples, 1 << 13)
+        per = dmc._per_chunk(rest, h.narrow(dim, 0, 1).clone(), dim, n, samples, 1 << 13, streams, check=True)
     where += "" if dim == 0 else ", in dim 1"
     return f"loop of samples, {where}" if per == 1 else f"stacked {per} per forward, {where}"
 
