@@ -296,7 +296,7 @@ def predict_path(model: nn.Module, x: torch.Tensor, samples: int) -> str:
     """How ``predict(vectorize="auto")`` draws the samples of ``model`` at ``x`` (its rule, ``dropkit.mc``)."""
     if _mixes_batch(model):
         return "Python loop (BatchNorm training)"
-    dims = dmc._stack_dims(model, x, "auto")
+    dims = dmc._stack_dims(model, x, "auto", samples)
     if dims is None:
         return "Python loop (rows not independent)"
     dim, n = dims[0], x.shape[dims[0]]

@@ -314,6 +314,51 @@ def test_samples_per_chunk_rule():
     assert mc.samples_per_chunk(budget * 4, 1 << 14, 5, 1 << 13) == 1  # at least one
 
 
+def test_predict_skips_the_row_check_when_one_sample_fills_a_forward(monkeypatch):
+    """When the budget allows one sample per forward (feature maps of a CNN), the loop runs in dimension 0 without
+    the row check: the same samples as ``vectorize=False`` also for a model that mixes its rows, whose check would
+    fail; a sequence-first candidate for dimension 1 still gets its check."""
+    calls = []
+    batch_dim = mc._batch_dim
+    monkeypatch.setattr(mc, "_batch_dim", lambda *a, **k: calls.append(a[2:]) or batch_dim(*a, **k))
+
+    class Pooled(nn.Module):  # mixes the batch in eval: a mean over dimension 0, then channel dropout
+        def __init__(self):
+            super().__init__()
+            self.conv, self.drop = nn.Conv2d(2, 4, 3, padding=1), nn.Dropout2d(0.5)
+
+        def forward(self, x):
+            h = self.conv(x)
+            return self.drop(h - h.mean(0)).flatten(1)
+
+    torch.manual_seed(0)
+    x = torch.randn(5, 2, 6, 6)
+    kw = {"samples": 7, "seed": 3, "task": "regression", "keep_samples": True}
+    for model in (Pooled().eval(), nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Dropout2d(0.5), nn.Flatten())):
+        model.eval()
+        loop = mc.predict(model, x, vectorize=False, **kw).samples
+        monkeypatch.setattr(mc, "ACTIVATION_BUDGET", 4 * 36)  # one row's 4 x 6 x 6 feature map: already full
+        calls.clear()
+        got = mc.predict(model, x, **kw).samples
+        assert calls == [] and torch.equal(got, loop)
+        monkeypatch.undo()
+        monkeypatch.setattr(mc, "_batch_dim", lambda *a, **k: calls.append(a[2:]) or batch_dim(*a, **k))
+        mc.predict(model, x, **kw)
+        assert calls  # the budget allows stacking: the rows are checked
+    with torch.no_grad():  # the Sequential's samples: whole channels kept (scaled by 2) or dropped, rate 1/2
+        clean = model[:2](x).flatten(2)
+    channels = got.unflatten(2, clean.shape[1:])
+    kept = channels.ne(0).any(-1)
+    assert torch.allclose(channels, kept.unsqueeze(-1) * clean * 2, atol=1e-6)
+    assert abs(kept.float().mean().item() - 0.5) < 5 * math.sqrt(0.25 / kept.numel())  # binomial, 5 SE
+    assert not (kept == kept[:1]).all()  # the samples differ
+
+    monkeypatch.setattr(mc, "ACTIVATION_BUDGET", 1)  # (L, N, F): dimension 1 is a candidate, so it is checked
+    calls.clear()
+    mc.predict(_SeqDrop(True).eval(), torch.randn(6, 3, 4), samples=4, task="regression")
+    assert calls
+
+
 def test_predict_leaves_seed_hooks_as_they_were():
     from dropkit import rng
 

@@ -694,7 +694,8 @@ def _per_chunk(
     """:func:`samples_per_chunk` for ``rest``, its widest activation measured on ``row`` (one row of the input).
 
     ``1``, the loop, also when a layer is tied to the batch size, and (``check``) when a mask drawn would be
-    shared by the stacked samples. Checked in MC mode on ``row`` alone and stacked twice in ``dim``: every mask
+    shared by the stacked samples. Checked, when more than one sample fits a forward, in MC mode on ``row`` alone
+    and stacked twice in ``dim``: every mask
     drawn through dropkit (torch's dropout modules and functional calls included, see :class:`mc_dropout`)
     must draw twice as many elements. A dropout applied to something without the samples' rows (a weight, an
     embedding table, a positional buffer later broadcast over the batch), or with a mask shared along ``dim``
@@ -703,15 +704,15 @@ def _per_chunk(
     """
     try:
         with streams.chunk(0, 1), streams.recording() as one:  # a one-row probe (its output dropped)
-            widest = _widest_activation(rest, row)
-        if check:
+            per_chunk = samples_per_chunk(_widest_activation(rest, row) * rows, rows, samples, max_rows)
+        if check and per_chunk > 1:
             with streams.chunk(0, 2), streams.recording() as two:
                 rest(_repeat(row, 2, dim))
             if len(one) != len(two) or any(2 * a != b for a, b in zip(one, two, strict=False)):
                 return 1
     except Exception:  # noqa: BLE001 - a layer tied to the batch size (noise_shape=(N, ...), x.view(N, ...))
         return 1  # the loop: every forward sees the caller's batch
-    return samples_per_chunk(widest * rows, rows, samples, max_rows)
+    return per_chunk
 
 
 @torch.no_grad()
@@ -824,7 +825,8 @@ def predict(
     ``vectorize="auto"`` stacks unless a module in training mode mixes the batch (BatchNorm in training, where
     stacking would change the result), a layer draws one mask per batch (per-batch DropConnect, where the
     stacked samples would share it), or the model does not map the rows of ``x`` independently (checked on two
-    rows, :func:`_batch_dim`). A sequence-first ``(L, N, ...)`` input (``nn.LSTM``, ``nn.TransformerEncoder``
+    rows, :func:`_batch_dim`; not checked when a single sample's activations fill a forward, where the loop
+    runs anyway). A sequence-first ``(L, N, ...)`` input (``nn.LSTM``, ``nn.TransformerEncoder``
     with ``batch_first=False``) fails that check in dimension 0, where stacking would join the samples'
     sequences; if it passes it in dimension 1 and every draw of the model is element-wise
     (:func:`_draws_elementwise`: torch's ``Dropout``, RNN and attention dropout; not channel, DropPath or
@@ -882,7 +884,7 @@ def predict(
     devices = list(range(torch.cuda.device_count())) if cuda else []
     rng_scope = torch.random.fork_rng(devices=devices) if seed is not None else contextlib.nullcontext()
     with _streams_lock, rng_scope:  # one predict at a time: seeding and mode flags are global
-        dims = _stack_dims(model, x, vectorize)
+        dims = _stack_dims(model, x, vectorize, samples, max_rows)
         with mc_dropout(model):
             if seed is not None and cuda:
                 torch.manual_seed(seed)
@@ -1027,24 +1029,50 @@ def _draws_elementwise(model: nn.Module) -> bool:
     return True
 
 
-def _stack_dims(model: nn.Module, x: torch.Tensor, vectorize: bool | str) -> tuple[int, int] | None:
+def _stack_dims(
+    model: nn.Module, x: torch.Tensor, vectorize: bool | str, samples: int | None = None, max_rows: int = 1 << 13
+) -> tuple[int, int] | None:
     """Where :func:`predict` stacks the samples: ``(input dim, output dim)``, or ``None`` for the loop.
 
     ``vectorize=True``: dimension 0, as the caller vouches. ``"auto"``: dimension 0 if the model maps its rows
     independently there (:func:`_batch_dim`); else dimension 1 if it does there and draws element-wise only
     (:func:`_draws_elementwise`: sequence-first RNNs and Transformers, ``(L, N, ...)``); else the loop, as also
     when a module mixes the batch (:func:`_mixes_batch`). :func:`_draw` still loops if a mask would be shared by
-    the stacked samples (:func:`_per_chunk`).
+    the stacked samples (:func:`_per_chunk`). Given ``samples``, dimension 0 without the row check when one
+    sample per forward is all the budget allows there and dimension 1 is out of the question
+    (:func:`_one_per_forward`): a loop in dimension 0 needs no independent rows and draws the masks the loop of
+    whole-model forwards would.
     """
     if vectorize is True:
         return 0, 0
     if vectorize is False or _mixes_batch(model):
         return None
+    stacks_in_1 = x.dim() > 1 and _draws_elementwise(model)
+    if samples is not None and not stacks_in_1 and _one_per_forward(model, x, samples, max_rows):
+        return 0, 0
     out = _batch_dim(model, x)
     dim = 0
-    if out is None and x.dim() > 1 and _draws_elementwise(model):
+    if out is None and stacks_in_1:
         out, dim = _batch_dim(model, x, 1), 1
     return None if out is None else (dim, out)
+
+
+@torch.no_grad()
+def _one_per_forward(model: nn.Module, x: torch.Tensor, samples: int, max_rows: int) -> bool:
+    """Whether one sample's activations in dimension 0 already fill a forward (:func:`samples_per_chunk` is 1).
+
+    Measured as :func:`_per_chunk` measures it, in MC mode on one row (through the ``Sequential`` prefix, then the
+    rest). A convolutional net's feature maps usually do: :func:`predict` then skips the row check (several
+    small forwards), as the loop it runs needs none. ``False`` if the probe raises: the check decides.
+    """
+    prefix, rest = _split_sequential(model)
+    try:
+        with mc_dropout(model), _SampleStreams(0, 1, samples) as streams, streams.chunk(0, 1):
+            row = x[:1].clone()
+            widest = _widest_activation(rest, prefix(row) if prefix is not None else row)
+    except Exception:  # noqa: BLE001 - no stochastic path, or a layer tied to the batch size: the check decides
+        return False
+    return samples_per_chunk(widest * x.shape[0], x.shape[0], samples, max_rows) == 1
 
 
 def _mixes_batch(model: nn.Module) -> bool:
