@@ -67,6 +67,8 @@ class MaskSpec:
 
     def linear(self) -> MaskSpec:
         """Return the spec of the derivative: the same mask, kept elements scaled, no bias, dropped to 0."""
+        if self.bias == 0.0 and self.fill == 0.0:  # dropout's own spec (every backward): no copy to make
+            return self
         return dataclasses.replace(self, bias=0.0, fill=0.0)
 
 
@@ -196,9 +198,7 @@ def keep_mask(spec: MaskSpec, shape: tuple[int, ...], device: torch.device) -> t
         return kept.ne(0).reshape(shape)
     spec = spec.resolved()
     if device.type == "cpu" and backend() == "numba":
-        from . import cpu
-
-        return cpu.keep_mask(numel, spec.seed, spec.offset, spec.threshold).reshape(shape)
+        return _cpu().keep_mask(numel, spec.seed, spec.offset, spec.threshold).reshape(shape)
     return keep_mask_ref(numel, spec.seed, spec.offset, spec.threshold, device).reshape(shape)
 
 
@@ -231,11 +231,8 @@ def apply(
         and not torch.compiler.is_compiling()
         and not _wrapped(x)
     ):
-        from . import cpu
-
-        numel = x.numel()
-        k = x.dim() if spec.mask_dims < 0 else spec.mask_dims
-        row = math.prod(x.shape[k:]) if numel else 1
+        cpu = _cpu()
+        row = (math.prod(x.shape[spec.mask_dims :]) or 1) if spec.mask_dims >= 0 else 1
         dst = cpu.advise_huge_pages(torch.empty_like(x, memory_format=torch.contiguous_format)) if out is None else out
         cpu.masked_affine(x, dst, spec.seed, spec.offset, spec.threshold, spec.scale, spec.bias, spec.fill, row)
         return dst
@@ -268,8 +265,7 @@ def apply(
         return y if residual is None else y + residual
     spec = spec.resolved()
     if which == "numba" and contiguous and _numba_takes(x.dtype):
-        from . import cpu
-
+        cpu = _cpu()
         dst = torch.empty_like(x, memory_format=torch.contiguous_format) if out is None else out
         cpu.masked_affine(x, dst, spec.seed, spec.offset, spec.threshold, spec.scale, spec.bias, spec.fill, row)
         return dst
@@ -277,6 +273,19 @@ def apply(
         keep = keep_mask(spec, mask_shape, x.device)
     result = masked_affine_ref(x, keep, spec.scale, spec.bias, spec.fill)
     return result if out is None else out.copy_(result)
+
+
+_cpu_module = None
+
+
+def _cpu():
+    """:mod:`dropkit.kernels.cpu` (numba's kernels), imported on first use."""
+    global _cpu_module
+    if _cpu_module is None:
+        from . import cpu
+
+        _cpu_module = cpu
+    return _cpu_module
 
 
 def _wrapped(x: torch.Tensor) -> bool:
@@ -305,9 +314,7 @@ _NUMBA_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
 
 def _numba_takes(dtype: torch.dtype) -> bool:
-    from . import cpu
-
-    return dtype in cpu.DTYPES
+    return dtype in _cpu().DTYPES
 
 
 def fused_norm(x: torch.Tensor) -> bool:
