@@ -75,14 +75,15 @@ def test_predict_path_follows_the_rule_at_full_size():
     module = _load()
     cfg = module.Config()
     models = {name: (model, x) for name, _, model, x, _ in module._b_models(cfg)}
-    cnn, x = models["cnn"]  # 64 x 32 x 28 x 28 feature maps per sample: more than half the budget, so the loop
+    cnn, x = models["cnn"]  # 64 x 32 x 28 x 28 feature maps per sample: more than the budget, so the loop
     assert module.predict_path(cnn, x, cfg.samples_b) == "loop of samples, whole model"
-    assert module.predict_path(cnn, x[:16], cfg.samples_b) == "stacked 5 per forward, whole model"
+    assert module.predict_path(cnn, x[:16], cfg.samples_b) == "loop of samples, whole model"  # 2 would fit
+    assert module.predict_path(cnn, x[:4], cfg.samples_b) == "stacked 10 per forward, whole model"
     backbone, x = models["backbone"]  # the features run once: only their 64 x 8 x 8 output is repeated per chunk
-    assert module.predict_path(backbone, x, cfg.samples_b) == "stacked 8 per forward, whole model"
+    assert module.predict_path(backbone, x, cfg.samples_b) == "stacked 4 per forward, whole model"
     mlp = module.mlp().eval()
     x = module.torch.randn(cfg.batch_a, module.MLP_SIZES[0])
-    assert module.predict_path(mlp, x, cfg.samples_a) == "stacked 8 per forward, prefix once"
+    assert module.predict_path(mlp, x, cfg.samples_a) == "stacked 4 per forward, prefix once"
 
 
 def test_contenders_draw_probabilities_of_the_same_shape():

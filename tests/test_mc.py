@@ -309,6 +309,8 @@ def test_samples_per_chunk_rule():
     budget = mc.ACTIVATION_BUDGET
     assert mc.samples_per_chunk(budget // 8, 10, 50, 1 << 13) == 8  # small per-sample work: stack 8
     assert mc.samples_per_chunk(budget // 2 + 1, 64, 30, 1 << 13) == 1  # a sample fills the budget: loop
+    assert mc.samples_per_chunk(budget // mc.STACK_AT_LEAST, 64, 30, 1 << 13) == mc.STACK_AT_LEAST
+    assert mc.samples_per_chunk(budget // mc.STACK_AT_LEAST + 1, 64, 30, 1 << 13) == 1  # too few fit: loop
     assert mc.samples_per_chunk(10, 256, 50, 1 << 13) == 32  # rows cap
     assert mc.samples_per_chunk(10, 256, 5, 1 << 13) == 5  # never more than T
     assert mc.samples_per_chunk(budget * 4, 1 << 14, 5, 1 << 13) == 1  # at least one
@@ -1044,8 +1046,9 @@ def _padded(x):
     [
         pytest.param(_Reversed(), torch.randn(5, 3, 4), id="coupling-backwards"),
         pytest.param(nn.TransformerEncoderLayer(16, 2, 32, dropout=0.1), torch.randn(1, 3, 16), id="one-step"),
-        pytest.param(nn.TransformerEncoderLayer(16, 2, 32, dropout=0.1), _padded(torch.randn(5, 3, 16)),
-                     id="equal-first-rows"),  # fmt: skip
+        pytest.param(
+            nn.TransformerEncoderLayer(16, 2, 32, dropout=0.1), _padded(torch.randn(5, 3, 16)), id="equal-first-rows"
+        ),  # fmt: skip
         pytest.param(_BatchMean(), torch.randn(1, 4), id="batch-mean-one-row"),
     ],
 )

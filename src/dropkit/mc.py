@@ -325,13 +325,20 @@ def _repeat(x: torch.Tensor, times: int, dim: int = 0) -> torch.Tensor:
     return x.repeat(*(times if d == dim else 1 for d in range(x.dim())))
 
 
-#: Largest activation (elements) a stacked chunk may create: 8 MB of fp32, a quarter of a CPU's last-level cache,
-#: and well below glibc's 32 MB mmap ceiling, so torch's buffers are recycled from the heap instead of being mapped
-#: and page-faulted afresh for every chunk. Measured on this project's 2-CPU machine, one thread: the reference MLP
-#: (784-1024-1024-10, batch 256, T = 50) ran at 0.94x the compute floor in chunks of 8 samples (2^21 elements),
-#: 0.95x in chunks of 16, 1.02x in chunks of 32; the benchmark CNN (64 x 32 x 28 x 28 feature maps per sample)
-#: ran at 0.96x torch's loop as a loop, 0.81x stacked 2 per forward, 0.40x stacked 5 per forward.
-ACTIVATION_BUDGET = 1 << 21
+#: Largest activation (elements) a stacked chunk may create: 4 MB of fp32, an eighth of a CPU's last-level cache.
+#: Chunk sizes measured on this project's 2-CPU machine (loop/predict, T = 32, 2026-11-25), glibc's default heap:
+#: the reference MLP (784-1024-1024-10, batch 256, 2^18 elements per sample) 3.2x in a loop, 3.5-3.9x in chunks of
+#: 4, 2.8x in chunks of 8 (8 MB chunks fault their pages afresh); a TransformerEncoderLayer (2^17 per sample) 1.4x
+#: in a loop, 2.1-2.3x in chunks of 4-8, 1.8x in chunks of 16. With glibc's thresholds held steady, chunks of 4-16
+#: differ by under 5 %.
+ACTIVATION_BUDGET = 1 << 20
+
+#: Fewest samples a stacked forward must hold, else one sample per forward. Where fewer fit the budget a sample's
+#: own activations are large (convolutional feature maps), its forward is already efficient, and stacking only
+#: moves the activations out of cache: measured, a 3-conv net on one 128 x 128 image (2^19 elements per sample)
+#: 1.6x the loop as a loop, 1.1x in chunks of 2, 1.0x in chunks of 4; the benchmark CNN (64 x 32 x 28 x 28 feature
+#: maps, 1.6 x 2^20 elements per sample) 1.0x as a loop, 0.8x in chunks of 2, 0.5x in chunks of 8.
+STACK_AT_LEAST = 4
 
 _MASK64 = (1 << 64) - 1
 
@@ -675,9 +682,13 @@ def samples_per_chunk(widest: int, rows: int, samples: int, max_rows: int) -> in
     """How many samples :func:`predict` stacks per forward: ``1`` is the Python loop (prefix still reused).
 
     The most samples whose stacked widest activation (``widest`` elements per sample) stays within
-    :data:`ACTIVATION_BUDGET` and whose rows (``rows`` per sample) within ``max_rows``, at least one.
+    :data:`ACTIVATION_BUDGET` and whose rows (``rows`` per sample) within ``max_rows``, at least one; one also
+    when fewer than :data:`STACK_AT_LEAST` samples fit the budget.
     """
-    return max(1, min(samples, ACTIVATION_BUDGET // max(widest, 1), max_rows // max(rows, 1)))
+    fits = ACTIVATION_BUDGET // max(widest, 1)
+    if fits < STACK_AT_LEAST:
+        return 1
+    return max(1, min(samples, fits, max_rows // max(rows, 1)))
 
 
 def _plain_dropout(rest: nn.Module) -> nn.Dropout | None:
@@ -811,7 +822,7 @@ def predict(
     How many samples a forward stacks (:func:`samples_per_chunk`) is a fixed rule, not a timing: as many as
     keep the chunk's widest activation (measured once on a one-row probe, times ``N``) within
     :data:`ACTIVATION_BUDGET` elements (cache-sized) and its rows within ``max_rows``; one sample per forward,
-    the Python loop with the prefix reused, when a single sample's activations already exceed the budget.
+    the Python loop with the prefix reused, when fewer than :data:`STACK_AT_LEAST` samples fit the budget.
     Stacking pays when the per-sample work is small (a batch of vectors through Linear layers: bigger matrix
     products, fewer calls); when one sample alone fills the cache (convolutional feature maps), stacking
     only moves the activations out of cache, and the loop is as fast or faster. A rule keeps ``seed=`` results
