@@ -329,8 +329,8 @@ def _repeat(x: torch.Tensor, times: int, dim: int = 0) -> torch.Tensor:
 #: Chunk sizes measured on this project's 2-CPU machine (loop/predict, T = 32, 2026-11-25), glibc's default heap:
 #: the reference MLP (784-1024-1024-10, batch 256, 2^18 elements per sample) 3.2x in a loop, 3.5-3.9x in chunks of
 #: 4, 2.8x in chunks of 8 (8 MB chunks fault their pages afresh); a TransformerEncoderLayer (2^17 per sample) 1.4x
-#: in a loop, 2.1-2.3x in chunks of 4-8, 1.8x in chunks of 16. With glibc's thresholds held steady, chunks of 4-16
-#: differ by under 5 %.
+#: in a loop, 2.1-2.3x in chunks of 4-8, 1.8x in chunks of 16. With glibc's thresholds held steady the MLP's chunks
+#: of 4-16 differ by under 5 %, the Transformer's by 15 % (1.8x in chunks of 4, 2.1x in chunks of 16).
 ACTIVATION_BUDGET = 1 << 20
 
 #: Fewest samples a stacked forward must hold, else one sample per forward. Where fewer fit the budget a sample's
