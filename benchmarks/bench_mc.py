@@ -297,6 +297,8 @@ def predict_path(model: nn.Module, x: torch.Tensor, samples: int) -> str:
     if _mixes_batch(model):
         return "Python loop (BatchNorm training)"
     dims = dmc._stack_dims(model, x, "auto", samples)
+    if dims is None and dmc._one_per_forward(model, x, samples, 1 << 13):
+        return "loop of samples, whole model"  # the row check skipped: a loop either way
     if dims is None:
         return "Python loop (rows not independent)"
     dim, n = dims[0], x.shape[dims[0]]

@@ -1049,10 +1049,10 @@ def _stack_dims(
     independently there (:func:`_batch_dim`); else dimension 1 if it does there and draws element-wise only
     (:func:`_draws_elementwise`: sequence-first RNNs and Transformers, ``(L, N, ...)``); else the loop, as also
     when a module mixes the batch (:func:`_mixes_batch`). :func:`_draw` still loops if a mask would be shared by
-    the stacked samples (:func:`_per_chunk`). Given ``samples``, dimension 0 without the row check when one
-    sample per forward is all the budget allows there and dimension 1 is out of the question
-    (:func:`_one_per_forward`): a loop in dimension 0 needs no independent rows and draws the masks the loop of
-    whole-model forwards would.
+    the stacked samples (:func:`_per_chunk`). Given ``samples``, the loop without the row check when one
+    sample per forward is all the budget allows in dimension 0 and dimension 1 is out of the question
+    (:func:`_one_per_forward`, not for a ``Sequential`` with a prefix): the check could only have chosen that
+    loop, or the same loop in dimension 0, which draws the same masks.
     """
     if vectorize is True:
         return 0, 0
@@ -1060,7 +1060,7 @@ def _stack_dims(
         return None
     stacks_in_1 = x.dim() > 1 and _draws_elementwise(model)
     if samples is not None and not stacks_in_1 and _one_per_forward(model, x, samples, max_rows):
-        return 0, 0
+        return None
     out = _batch_dim(model, x)
     dim = 0
     if out is None and stacks_in_1:
@@ -1070,17 +1070,19 @@ def _stack_dims(
 
 @torch.no_grad()
 def _one_per_forward(model: nn.Module, x: torch.Tensor, samples: int, max_rows: int) -> bool:
-    """Whether one sample's activations in dimension 0 already fill a forward (:func:`samples_per_chunk` is 1).
+    """Whether one sample's activations already fill a forward (:func:`samples_per_chunk` is 1) in dimension 0.
 
-    Measured as :func:`_per_chunk` measures it, in MC mode on one row (through the ``Sequential`` prefix, then the
-    rest). A convolutional net's feature maps usually do: :func:`predict` then skips the row check (several
-    small forwards), as the loop it runs needs none. ``False`` if the probe raises: the check decides.
+    Measured as :func:`_per_chunk` measures it, in MC mode on one row. A convolutional net's feature maps usually
+    do: :func:`predict` then skips the row check (several small forwards) and runs the loop of whole-model
+    forwards, which needs none. ``False`` if the probe raises, and for a ``Sequential`` with a deterministic
+    prefix: there the check also clears the prefix to run once for all samples (no noise of its own, rows
+    independent), which the loop of whole-model forwards could only partly do (:class:`_Memo`).
     """
-    prefix, rest = _split_sequential(model)
+    if _split_sequential(model)[0] is not None:
+        return False
     try:
         with mc_dropout(model), _SampleStreams(0, 1, samples) as streams, streams.chunk(0, 1):
-            row = x[:1].clone()
-            widest = _widest_activation(rest, prefix(row) if prefix is not None else row)
+            widest = _widest_activation(model, x[:1].clone())
     except Exception:  # noqa: BLE001 - no stochastic path, or a layer tied to the batch size: the check decides
         return False
     return samples_per_chunk(widest * x.shape[0], x.shape[0], samples, max_rows) == 1
