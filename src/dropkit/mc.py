@@ -338,7 +338,7 @@ ACTIVATION_BUDGET = 1 << 20
 #: moves the activations out of cache: measured, a 3-conv net on one 128 x 128 image (2^19 elements per sample)
 #: 1.6x the loop as a loop, 1.1x in chunks of 2, 1.0x in chunks of 4; the benchmark CNN (64 x 32 x 28 x 28 feature
 #: maps, 1.6 x 2^20 elements per sample) 1.0x as a loop, 0.8x in chunks of 2, 0.5x in chunks of 8. Narrow rows with
-#: many of them lose little: a 9-100-1 MLP on 4,573 rows (T = 400, one thread, 4 runs) took 0.23-0.53 s as a loop,
+#: many of them lose little: a 9-100-1 MLP on 4,573 rows (T = 400, one thread, 2 runs) took 0.23-0.53 s as a loop,
 #: 0.21-0.52 s in chunks of 2 (0.31-0.39 s in chunks of 4).
 STACK_AT_LEAST = 4
 
