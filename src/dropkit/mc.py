@@ -328,9 +328,10 @@ def _repeat(x: torch.Tensor, times: int, dim: int = 0) -> torch.Tensor:
 #: Largest activation (elements) a stacked chunk may create: 4 MB of fp32, an eighth of a CPU's last-level cache.
 #: Chunk sizes measured on this project's 2-CPU machine (loop/predict, T = 32, 2026-11-25), glibc's default heap:
 #: the reference MLP (784-1024-1024-10, batch 256, 2^18 elements per sample) 3.2x in a loop, 3.5-3.9x in chunks of
-#: 4, 2.8x in chunks of 8 (8 MB chunks fault their pages afresh); a TransformerEncoderLayer (2^17 per sample) 1.4x
+#: 4, 2.8x in chunks of 8 (fresh pages faulted in); a TransformerEncoderLayer (2^17 per sample) 1.4x
 #: in a loop, 2.1-2.3x in chunks of 4-8, 1.8x in chunks of 16. With glibc's thresholds held steady the MLP's chunks
-#: of 4-16 differ by under 5 %, the Transformer's by 15 % (1.8x in chunks of 4, 2.1x in chunks of 16).
+#: of 4-16 differ by under 5 %, the Transformer's by 15 % (1.8x in chunks of 4, 2.1x in chunks of 16). bench_mc's
+#: case A (T = 50) on the default heap still faulted ~30k pages per call in 3 of 4 runs in chunks of 4.
 ACTIVATION_BUDGET = 1 << 20
 
 #: Fewest samples a stacked forward must hold, else one sample per forward. Where fewer fit the budget a sample's
@@ -708,9 +709,8 @@ def _per_chunk(
 
     ``1``, the loop, also when a layer is tied to the batch size, and (``check``) when a mask drawn would be
     shared by the stacked samples. Checked, when more than one sample fits a forward, in MC mode on ``row`` alone
-    and stacked twice in ``dim``: every mask
-    drawn through dropkit (torch's dropout modules and functional calls included, see :class:`mc_dropout`)
-    must draw twice as many elements. A dropout applied to something without the samples' rows (a weight, an
+    and stacked twice in ``dim``: every mask drawn through dropkit (torch's dropout modules and functional calls
+    included, see :class:`mc_dropout`) must draw twice as many elements. A dropout applied to something without the samples' rows (a weight, an
     embedding table, a positional buffer later broadcast over the batch), or with a mask shared along ``dim``
     (``noise_shape=(1, F)``), draws one mask that every stacked sample would share, where the loop draws one
     per sample; the eval-mode row check cannot see it.
@@ -838,8 +838,8 @@ def predict(
     ``vectorize="auto"`` stacks unless a module in training mode mixes the batch (BatchNorm in training, where
     stacking would change the result), a layer draws one mask per batch (per-batch DropConnect, where the
     stacked samples would share it), or the model does not map the rows of ``x`` independently (checked on two
-    rows, :func:`_batch_dim`; not checked when a single sample's activations fill a forward, where the loop
-    runs anyway). A sequence-first ``(L, N, ...)`` input (``nn.LSTM``, ``nn.TransformerEncoder``
+    rows, :func:`_batch_dim`; not checked in a model without a ``Sequential`` prefix when the budget allows
+    one sample per forward, where the loop runs anyway). A sequence-first ``(L, N, ...)`` input (``nn.LSTM``, ``nn.TransformerEncoder``
     with ``batch_first=False``) fails that check in dimension 0, where stacking would join the samples'
     sequences; if it passes it in dimension 1 and every draw of the model is element-wise
     (:func:`_draws_elementwise`: torch's ``Dropout``, RNN and attention dropout; not channel, DropPath or
