@@ -710,10 +710,10 @@ def _per_chunk(
     ``1``, the loop, also when a layer is tied to the batch size, and (``check``) when a mask drawn would be
     shared by the stacked samples. Checked, when more than one sample fits a forward, in MC mode on ``row`` alone
     and stacked twice in ``dim``: every mask drawn through dropkit (torch's dropout modules and functional calls
-    included, see :class:`mc_dropout`) must draw twice as many elements. A dropout applied to something without the samples' rows (a weight, an
-    embedding table, a positional buffer later broadcast over the batch), or with a mask shared along ``dim``
-    (``noise_shape=(1, F)``), draws one mask that every stacked sample would share, where the loop draws one
-    per sample; the eval-mode row check cannot see it.
+    included, see :class:`mc_dropout`) must draw twice as many elements. A dropout applied to something
+    without the samples' rows (a weight, an embedding table, a positional buffer later broadcast over the
+    batch), or with a mask shared along ``dim`` (``noise_shape=(1, F)``), draws one mask that every stacked
+    sample would share, where the loop draws one per sample; the eval-mode row check cannot see it.
     """
     try:
         with streams.chunk(0, 1), streams.recording() as one:  # a one-row probe (its output dropped)
@@ -839,9 +839,9 @@ def predict(
     stacking would change the result), a layer draws one mask per batch (per-batch DropConnect, where the
     stacked samples would share it), or the model does not map the rows of ``x`` independently (checked on two
     rows, :func:`_batch_dim`; not checked in a model without a ``Sequential`` prefix when the budget allows
-    one sample per forward, where the loop runs anyway). A sequence-first ``(L, N, ...)`` input (``nn.LSTM``, ``nn.TransformerEncoder``
-    with ``batch_first=False``) fails that check in dimension 0, where stacking would join the samples'
-    sequences; if it passes it in dimension 1 and every draw of the model is element-wise
+    one sample per forward, where the loop runs anyway). A sequence-first ``(L, N, ...)`` input (``nn.LSTM``,
+    ``nn.TransformerEncoder`` with ``batch_first=False``) fails that check in dimension 0, where stacking would
+    join the samples' sequences; if it passes it in dimension 1 and every draw of the model is element-wise
     (:func:`_draws_elementwise`: torch's ``Dropout``, RNN and attention dropout; not channel, DropPath or
     ``noise_shape`` draws, which a sample stacked beside another would share), the samples stack there,
     beside the rows, and come out of whichever output dimension carries them. Those draws are not aligned
