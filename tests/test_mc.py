@@ -311,6 +311,7 @@ def test_samples_per_chunk_rule():
     assert mc.samples_per_chunk(budget // 2 + 1, 64, 30, 1 << 13) == 1  # a sample fills the budget: loop
     assert mc.samples_per_chunk(budget // mc.STACK_AT_LEAST, 64, 30, 1 << 13) == mc.STACK_AT_LEAST
     assert mc.samples_per_chunk(budget // mc.STACK_AT_LEAST + 1, 64, 30, 1 << 13) == 1  # too few fit: loop
+    assert mc.samples_per_chunk(budget // mc.STACK_AT_LEAST + 1, 64, 30, 1 << 13, cpu=False) == 3  # a GPU: stack
     assert mc.samples_per_chunk(10, 256, 50, 1 << 13) == 32  # rows cap
     assert mc.samples_per_chunk(10, 256, 5, 1 << 13) == 5  # never more than T
     assert mc.samples_per_chunk(budget * 4, 1 << 14, 5, 1 << 13) == 1  # at least one

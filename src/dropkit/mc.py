@@ -334,13 +334,14 @@ def _repeat(x: torch.Tensor, times: int, dim: int = 0) -> torch.Tensor:
 #: case A (T = 50) on the default heap still faulted ~30k pages per call in 3 of 4 runs in chunks of 4.
 ACTIVATION_BUDGET = 1 << 20
 
-#: Fewest samples a stacked forward must hold, else one sample per forward. Where fewer fit the budget a sample's
-#: own activations are large (convolutional feature maps), its forward is already efficient, and stacking only
-#: moves the activations out of cache: measured, a 3-conv net on one 128 x 128 image (2^19 elements per sample)
-#: 1.6x the loop as a loop, 1.1x in chunks of 2, 1.0x in chunks of 4; the benchmark CNN (64 x 32 x 28 x 28 feature
-#: maps, 1.6 x 2^20 elements per sample) 1.0x as a loop, 0.8x in chunks of 2, 0.5x in chunks of 8. Narrow rows with
-#: many of them lose little: a 9-100-1 MLP on 4,573 rows (T = 400, one thread, 2 runs) took 0.23-0.53 s as a loop,
-#: 0.21-0.52 s in chunks of 2 (0.31-0.39 s in chunks of 4).
+#: Fewest samples a stacked forward of CPU tensors must hold, else one sample per forward (measured on the CPU
+#: only: :func:`samples_per_chunk`). Where fewer fit the budget a sample's own activations are large
+#: (convolutional feature maps), its forward is already efficient, and stacking only moves the activations out
+#: of cache: measured, a 3-conv net on one 128 x 128 image (2^19 elements per sample) 1.6x the loop as a loop,
+#: 1.1x in chunks of 2, 1.0x in chunks of 4; the benchmark CNN (64 x 32 x 28 x 28 feature maps, 1.6 x 2^20
+#: elements per sample) 1.0x as a loop, 0.8x in chunks of 2, 0.5x in chunks of 8. Narrow rows with many of them
+#: lose little: a 9-100-1 MLP on 4,573 rows (T = 400, one thread, 2 runs) took 0.23-0.53 s as a loop, 0.21-0.52 s
+#: in chunks of 2 (0.31-0.39 s in chunks of 4).
 STACK_AT_LEAST = 4
 
 _MASK64 = (1 << 64) - 1
@@ -681,15 +682,16 @@ def _widest_activation(module: nn.Module, row: torch.Tensor) -> int:
     return max(sizes)
 
 
-def samples_per_chunk(widest: int, rows: int, samples: int, max_rows: int) -> int:
+def samples_per_chunk(widest: int, rows: int, samples: int, max_rows: int, cpu: bool = True) -> int:
     """How many samples :func:`predict` stacks per forward: ``1`` is the Python loop (prefix still reused).
 
     The most samples whose stacked widest activation (``widest`` elements per sample) stays within
     :data:`ACTIVATION_BUDGET` and whose rows (``rows`` per sample) within ``max_rows``, at least one; one also
-    when fewer than :data:`STACK_AT_LEAST` samples fit the budget.
+    when fewer than :data:`STACK_AT_LEAST` samples fit the budget, for rows on the CPU (``cpu``), where that was
+    measured: on a GPU a loop of small forwards is bound by kernel launches instead.
     """
     fits = ACTIVATION_BUDGET // max(widest, 1)
-    if fits < STACK_AT_LEAST:
+    if cpu and fits < STACK_AT_LEAST:
         return 1
     return max(1, min(samples, fits, max_rows // max(rows, 1)))
 
@@ -717,7 +719,8 @@ def _per_chunk(
     """
     try:
         with streams.chunk(0, 1), streams.recording() as one:  # a one-row probe (its output dropped)
-            per_chunk = samples_per_chunk(_widest_activation(rest, row) * rows, rows, samples, max_rows)
+            widest = _widest_activation(rest, row) * rows
+            per_chunk = samples_per_chunk(widest, rows, samples, max_rows, cpu=row.device.type == "cpu")
         if check and per_chunk > 1:
             with streams.chunk(0, 2), streams.recording() as two:
                 rest(_repeat(row, 2, dim))
@@ -1087,7 +1090,7 @@ def _one_per_forward(model: nn.Module, x: torch.Tensor, samples: int, max_rows: 
             widest = _widest_activation(model, x[:1].clone())
     except Exception:  # noqa: BLE001 - no stochastic path, or a layer tied to the batch size: the check decides
         return False
-    return samples_per_chunk(widest * x.shape[0], x.shape[0], samples, max_rows) == 1
+    return samples_per_chunk(widest * x.shape[0], x.shape[0], samples, max_rows, x.device.type == "cpu") == 1
 
 
 def _mixes_batch(model: nn.Module) -> bool:
