@@ -1077,20 +1077,17 @@ def _stack_dims(
 def _one_per_forward(model: nn.Module, x: torch.Tensor, samples: int, max_rows: int) -> bool:
     """Whether one sample's activations already fill a forward (:func:`samples_per_chunk` is 1) in dimension 0.
 
-    Measured as :func:`_per_chunk` measures it, in MC mode on one row. A convolutional net's feature maps usually
-    do: :func:`predict` then skips the row check (several small forwards) and runs the loop of whole-model
-    forwards, which needs none. ``False`` if the probe raises, and for a ``Sequential`` with a deterministic
-    prefix: there the check also clears the prefix to run once for all samples (no noise of its own, rows
-    independent), which the loop of whole-model forwards could only partly do (:class:`_Memo`).
+    :func:`_per_chunk`'s one-row probe, in MC mode. A convolutional net's feature maps usually do: :func:`predict`
+    then skips the row check (several small forwards) and runs the loop of whole-model forwards, which needs
+    none; so does a model the probe makes raise, which loops whatever the check says. ``False`` for a
+    ``Sequential`` with a deterministic prefix: there the check also clears the prefix to run once for all
+    samples (no noise of its own, rows independent), which the loop of whole-model forwards could only partly
+    do (:class:`_Memo`).
     """
     if _split_sequential(model)[0] is not None:
         return False
-    try:
-        with mc_dropout(model), _SampleStreams(0, 1, samples) as streams, streams.chunk(0, 1):
-            widest = _widest_activation(model, x[:1].clone())
-    except Exception:  # noqa: BLE001 - no stochastic path, or a layer tied to the batch size: the check decides
-        return False
-    return samples_per_chunk(widest * x.shape[0], x.shape[0], samples, max_rows, x.device.type == "cpu") == 1
+    with mc_dropout(model), _SampleStreams(0, 1, samples) as streams:
+        return _per_chunk(model, x[:1].clone(), 0, x.shape[0], samples, max_rows, streams, check=False) == 1
 
 
 def _mixes_batch(model: nn.Module) -> bool:
