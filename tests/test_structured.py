@@ -505,12 +505,17 @@ def test_drop_block_random_as_torchvision(dim, p):
         assert abs(p - counts / (100 * cell_numel)) / p < 0.15
 
 
-def test_drop_block_modules_are_traced_as_leaves_by_fx():
+def test_structured_modules_and_ops_are_leaves_for_fx():
     model = nn.Sequential(dnn.DropBlock2d(0.1, 3), dnn.DropPath(0.1), dnn.StochasticDepth(0.1, "row"))
-    graph = torch.fx.symbolic_trace(model).graph
-    called = [n.target.__name__ for n in graph.nodes if n.op == "call_function"]
-    assert [n.op for n in graph.nodes] == ["placeholder", "call_function", "call_function", "call_function", "output"]
-    assert called == ["drop_block2d", "drop_path", "stochastic_depth"]
+    graph = torch.fx.symbolic_trace(model).graph  # modules: one call each, switched by the graph's train/eval
+    assert [(n.op, n.target) for n in graph.nodes][1:-1] == [("call_module", str(i)) for i in range(3)]
+
+    def f(x):
+        return F.stochastic_depth(F.drop_path(F.drop_block2d(x, 0.1, 3), 0.1), 0.1, "row", True)
+
+    graph = torch.fx.symbolic_trace(f).graph  # ops: one call each, as torchvision's wrapped ops
+    called = [n.target for n in graph.nodes if n.op == "call_function"]
+    assert called == [F.drop_block2d, F.drop_path, F.stochastic_depth]
 
 
 # ---------------------------------------------------------------------------------------------------- scheduler

@@ -126,7 +126,7 @@ def min_dim(op: str, x: torch.Tensor, ndim: int, layout: str) -> None:
 
 def warn(message: str) -> None:
     """Emit a ``UserWarning`` attributed to the caller of the public function."""
-    warnings.warn(message, UserWarning, stacklevel=4)
+    warnings.warn(message, UserWarning, stacklevel=5)  # warn, the op's helper, the op, its overridable wrapper
 
 
 def matching(op: str, name: str, tensor: object, shape: tuple[int, ...], like: torch.Tensor) -> None:

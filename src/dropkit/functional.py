@@ -33,6 +33,7 @@ import torch.autograd.forward_ad as _forward_ad
 from torch._functorch.utils import unwrap_dead_wrappers as _unwrap_dead_wrappers
 
 from . import _validate, kernels, rng
+from ._overrides import overridable
 from .kernels import MaskSpec
 
 __all__ = [
@@ -395,6 +396,7 @@ def _masked(
     return _apply_mask(input, spec, inplace)
 
 
+@overridable
 def dropout(
     input: torch.Tensor,
     p: float = 0.5,
@@ -568,7 +570,7 @@ def _channel_op(op: str, layout: str, shape: str):
 
     channel_dropout.__name__ = channel_dropout.__qualname__ = op
     channel_dropout.__doc__ = _channel_doc(op, layout, shape)
-    return channel_dropout
+    return overridable(channel_dropout)
 
 
 dropout1d = _channel_op("dropout1d", ":math:`(N, C, L)` or :math:`(C, L)`", "1, 4, 3")
@@ -605,6 +607,7 @@ def _alpha(
     return _apply_mask(input, spec, inplace)
 
 
+@overridable
 def alpha_dropout(
     input: torch.Tensor,
     p: float = 0.5,
@@ -644,6 +647,7 @@ def alpha_dropout(
     return _alpha("alpha_dropout", input, p, training, inplace, keep, seed, generator, mask_dims=-1)
 
 
+@overridable
 def feature_alpha_dropout(
     input: torch.Tensor,
     p: float = 0.5,
@@ -684,6 +688,7 @@ def feature_alpha_dropout(
     return _alpha("feature_alpha_dropout", input, p, training, inplace, keep, seed, generator, mask_dims=2)
 
 
+@overridable
 def gaussian_dropout(
     input: torch.Tensor,
     p: float = 0.5,
@@ -728,6 +733,7 @@ def gaussian_dropout(
     return _noise(input, _seed(seed, generator, input.numel()), math.sqrt(p / (1.0 - p)), True, bool(inplace))
 
 
+@overridable
 def gaussian_noise(
     input: torch.Tensor,
     stddev: float,
@@ -785,6 +791,7 @@ class _BiasDropoutAddFn(torch.autograd.Function):
         return dx, dbias, grad.to(ctx.dtypes[1]), None
 
 
+@overridable
 def bias_dropout_add(
     x: torch.Tensor,
     bias: torch.Tensor | None,
@@ -975,6 +982,7 @@ def _norm_doc(name: str, math_line: str, reference: str) -> str:
     """
 
 
+@overridable
 def dropout_add_layer_norm(  # noqa: D103 - docstring assigned below, shared with dropout_add_rms_norm
     x: torch.Tensor,
     residual: torch.Tensor | None,
@@ -996,6 +1004,7 @@ def dropout_add_layer_norm(  # noqa: D103 - docstring assigned below, shared wit
     )
 
 
+@overridable
 def dropout_add_rms_norm(  # noqa: D103 - docstring assigned below
     x: torch.Tensor,
     residual: torch.Tensor | None,
@@ -1140,6 +1149,7 @@ class _PerSampleLinearFn(torch.autograd.Function):
         return dx, (dw.to(weight.dtype) if dw is not None else None), None, None
 
 
+@overridable
 def drop_connect(
     weight: torch.Tensor,
     p: float = 0.5,
@@ -1199,6 +1209,7 @@ def drop_connect(
     return _masked_weight(weight, _seed(seed, generator), 0, p, samples)
 
 
+@overridable
 def drop_connect_linear(
     input: torch.Tensor,
     weight: torch.Tensor,
@@ -1400,7 +1411,7 @@ def _drop_connect_conv_op(nd: int):
 
     drop_connect_conv.__name__ = drop_connect_conv.__qualname__ = op
     drop_connect_conv.__doc__ = _drop_connect_conv_doc(nd)
-    return drop_connect_conv
+    return overridable(drop_connect_conv)
 
 
 drop_connect_conv1d = _drop_connect_conv_op(1)
@@ -1410,6 +1421,7 @@ drop_connect_conv2d = _drop_connect_conv_op(2)
 __all__ += ["concrete_dropout"]
 
 
+@overridable
 def concrete_dropout(
     input: torch.Tensor,
     p_logit: torch.Tensor | float,
@@ -1524,6 +1536,7 @@ def _per_sample(
     return _apply_mask(input, spec)
 
 
+@overridable
 def stochastic_depth(
     input: torch.Tensor,
     p: float,
@@ -1581,6 +1594,7 @@ def stochastic_depth(
     return _per_sample(op, input, p, training, True, seed, generator, mask_dims=1 if mode == "row" else 0)
 
 
+@overridable
 def drop_path(
     input: torch.Tensor,
     p: float = 0.0,
@@ -1697,6 +1711,7 @@ def drop_path_rates(
     return out
 
 
+@overridable
 def drop_path_residual(
     input: torch.Tensor,
     branch,
@@ -1972,7 +1987,7 @@ def _drop_block_op(dims: int, what: str, size: str, valid: str, shape: str, comp
         rank=dims + 2,
         example=example,
     )
-    return drop_block
+    return overridable(drop_block)
 
 
 drop_block1d = _drop_block_op(
@@ -2011,17 +2026,13 @@ drop_block3d = _drop_block_op(
         torch.Size([2, 3, 5, 5, 5])""",
 )
 
-# leaves for torch.fx symbolic tracing (as torchvision wraps its ops): traced models keep one call per op
-for _name in ("stochastic_depth", "drop_path", "drop_block1d", "drop_block2d", "drop_block3d"):
-    torch.fx.wrap(_name)
-del _name
-
 
 # --- recurrent: zoneout (issue 5; modules in dropkit.nn.recurrent) -------------------------------------------------
 
 __all__ += ["zoneout"]
 
 
+@overridable
 def zoneout(
     input: torch.Tensor,
     previous: torch.Tensor,

@@ -24,6 +24,7 @@ from torch import nn
 
 from .. import _validate, rng
 from .. import functional as F
+from .._overrides import fx_leaf_call
 from .dropout import _SeededMixin
 
 __all__ = ["ConcreteDropout", "concrete_regularization"]
@@ -107,6 +108,8 @@ class ConcreteDropout(_SeededMixin, nn.Module):
 
     def forward(self, input: torch.Tensor, *args, **kwargs):
         """Drop the input with the relaxed mask in training, then run the module; the module alone in eval."""
+        if (leaf := fx_leaf_call(self, input, *args, **kwargs)) is not None:  # torch.fx: one call_module node
+            return leaf
         if self.training or F._forced_training:
             self.input_dim = input[0].numel() if input.dim() > 1 else input.numel()
             input = F.concrete_dropout(input, self.p_logit, self.temperature, True, generator=self.generator)

@@ -14,6 +14,7 @@ from torch import nn
 
 from .. import _validate, rng
 from .. import functional as F
+from .._overrides import fx_leaf_call
 
 __all__ = [
     "Dropout",
@@ -78,6 +79,8 @@ class _DropIn(_SeededMixin):
 
     def forward(self, input: torch.Tensor, *, training: bool | None = None) -> torch.Tensor:
         """Apply dropout in training mode or with ``training=True`` (Keras' call argument); else eval behaviour."""
+        if (leaf := fx_leaf_call(self, input, training=training)) is not None:  # torch.fx: one call_module node
+            return leaf
         training = self.training if training is None else training
         return self._functional(input, self.p, training, self.inplace, generator=self.generator, **self._options())
 
@@ -270,6 +273,8 @@ class GaussianDropout(_SeededMixin, nn.Module):
 
     def forward(self, input: torch.Tensor, *, training: bool | None = None) -> torch.Tensor:
         """Apply the noise in training (or with ``training=True``); identity in eval."""
+        if (leaf := fx_leaf_call(self, input, training=training)) is not None:  # torch.fx: one call_module node
+            return leaf
         training = self.training if training is None else training
         return F.gaussian_dropout(input, self.p, training, self.inplace, generator=self.generator)
 
@@ -307,6 +312,8 @@ class GaussianNoise(_SeededMixin, nn.Module):
 
     def forward(self, input: torch.Tensor, *, training: bool | None = None) -> torch.Tensor:
         """Apply the noise in training (or with ``training=True``); identity in eval."""
+        if (leaf := fx_leaf_call(self, input, training=training)) is not None:  # torch.fx: one call_module node
+            return leaf
         training = self.training if training is None else training
         return F.gaussian_noise(input, self.stddev, training, self.inplace, generator=self.generator)
 

@@ -12,6 +12,7 @@ from torch import nn
 
 from .. import _validate
 from .. import functional as F
+from .._overrides import fx_leaf_call
 from .dropout import _SeededMixin
 
 __all__ = ["BiasDropoutAdd", "DropoutAddLayerNorm", "DropoutAddRMSNorm"]
@@ -44,6 +45,8 @@ class _DropoutAddNorm(_SeededMixin, nn.Module):
         self._setup_rng(seed, generator)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, rowscale: torch.Tensor | None = None):
+        if (leaf := fx_leaf_call(self, x, residual, rowscale)) is not None:  # torch.fx: one call_module node
+            return leaf
         return self._op(
             x, residual, self.weight, self.bias, self.p, self.eps, rowscale, self.prenorm, self.residual_in_fp32,
             training=self.training, generator=self.generator,
@@ -109,6 +112,8 @@ class BiasDropoutAdd(_SeededMixin, nn.Module):
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor) -> torch.Tensor:
         """Return ``residual + dropout(x + bias)``."""
+        if (leaf := fx_leaf_call(self, x, bias, residual)) is not None:  # torch.fx: one call_module node
+            return leaf
         return F.bias_dropout_add(x, bias, residual, self.p, self.training, generator=self.generator)
 
     def extra_repr(self) -> str:

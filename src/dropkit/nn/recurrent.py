@@ -28,6 +28,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from .. import _validate, kernels, rng
 from .. import functional as F
+from .._overrides import fx_leaf_call
 from ..kernels import MaskSpec
 
 __all__ = ["LSTM", "GRU", "ZoneoutLSTMCell", "WeightDrop", "weight_drop"]
@@ -260,6 +261,8 @@ class _VariationalRNN:
         return s + ("" if self.seed is None else f", seed={self.seed}")
 
     def forward(self, input, hx=None):  # noqa: D102 - documented on the classes
+        if (leaf := fx_leaf_call(self, input, hx)) is not None:  # torch.fx: one call_module node
+            return leaf
         training = self.training or F._forced_training  # dropkit.mc.mc_dropout forces the masks on in eval
         if not self._applies_dropout(training):
             return super().forward(input, hx)  # type: ignore[misc]
@@ -696,6 +699,8 @@ class ZoneoutLSTMCell(nn.LSTMCell):
 
     def forward(self, input: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor] | None = None):
         """Step the cell once; zoneout is dropout applied to the state update (MC dropout turns it on in eval)."""
+        if (leaf := fx_leaf_call(self, input, hx)) is not None:  # torch.fx: one call_module node
+            return leaf
         h, c = super().forward(input, hx)
         if hx is None:
             h_prev = c_prev = torch.zeros_like(h)
@@ -784,6 +789,8 @@ class WeightDrop(nn.Module):
 
     def forward(self, *args, **kwargs):
         """Run the wrapped module, with masked weights in training."""
+        if (leaf := fx_leaf_call(self, *args, **kwargs)) is not None:  # torch.fx: one call_module node
+            return leaf
         training = self.training or F._forced_training
         p = _validate.rate("WeightDrop", "p", self.p)
         if not training or p == 0.0:

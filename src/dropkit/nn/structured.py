@@ -15,6 +15,7 @@ from torch import nn
 
 from .. import _validate
 from .. import functional as F
+from .._overrides import fx_leaf_call
 from .dropout import _SeededMixin
 
 __all__ = ["StochasticDepth", "DropPath", "DropBlock1d", "DropBlock2d", "DropBlock3d", "DropBlockScheduler"]
@@ -56,6 +57,8 @@ class StochasticDepth(_SeededMixin, nn.Module):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         """Drop samples in training; identity in eval."""
+        if (leaf := fx_leaf_call(self, input)) is not None:  # torch.fx: one call_module node
+            return leaf
         return F.stochastic_depth(input, self.p, self.mode, self.training, generator=self.generator)
 
     def extra_repr(self) -> str:
@@ -109,6 +112,8 @@ class DropPath(_SeededMixin, nn.Module):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         """Drop paths in training; identity in eval."""
+        if (leaf := fx_leaf_call(self, input)) is not None:  # torch.fx: one call_module node
+            return leaf
         return F.drop_path(input, self.p, self.training, self.scale_by_keep, generator=self.generator)
 
     def extra_repr(self) -> str:
@@ -145,7 +150,8 @@ class _DropBlockNd(_SeededMixin, nn.Module):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         """Drop blocks in training; identity in eval."""
-        # looked up by name at call time, so torch.fx's wrapping of the op (a leaf in traced graphs) applies
+        if (leaf := fx_leaf_call(self, input)) is not None:  # torch.fx: one call_module node
+            return leaf
         return getattr(F, self._op)(
             input,
             self.p,

@@ -22,6 +22,7 @@ from torch.func import functional_call, vmap
 
 from .. import _validate
 from .. import functional as F
+from .._overrides import fx_leaf_call
 from .dropout import _SeededMixin
 
 __all__ = ["DropConnect", "DropConnectLinear", "DropConnectConv1d", "DropConnectConv2d"]
@@ -110,6 +111,8 @@ class DropConnectLinear(_DropConnectMixin, nn.Linear):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         """Apply the linear map with a fresh weight mask in training; the plain weights in eval."""
+        if (leaf := fx_leaf_call(self, input)) is not None:  # torch.fx: one call_module node
+            return leaf
         return F.drop_connect_linear(
             input, self.weight, self.bias, p=self.p, training=self.training, drop_bias=self.drop_bias,
             per_sample=self.per_sample, generator=self.generator,
@@ -130,6 +133,8 @@ class _DropConnectConvNd(_DropConnectMixin):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         """Convolve with a fresh kernel mask in training; the plain kernel in eval."""
+        if (leaf := fx_leaf_call(self, input)) is not None:  # torch.fx: one call_module node
+            return leaf
         padding = self.padding  # type: ignore[attr-defined]
         if self.padding_mode != "zeros":  # as torch's _conv_forward: pad explicitly, then convolve unpadded
             input = nn.functional.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
@@ -333,6 +338,8 @@ class DropConnect(_DropConnectMixin, nn.Module):
 
     def forward(self, *args, **kwargs):
         """Run the module with freshly masked parameters in training; the module itself in eval."""
+        if (leaf := fx_leaf_call(self, *args, **kwargs)) is not None:  # torch.fx: one call_module node
+            return leaf
         if not (self.training or F._forced_training) or self.p == 0.0:
             return self.module(*args, **kwargs)
         seed = F._seed(None, self.generator)
