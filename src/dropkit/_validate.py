@@ -31,6 +31,8 @@ def _fail(op: str, name: str, expectation: str, value: object, exc: type[Excepti
 
 def real(op: str, name: str, value: object) -> float:
     """Return ``value`` as a float, or raise ``TypeError`` if it is not a real number (bools are refused)."""
+    if type(value) is float:  # the common case, first: this runs on every op call
+        return value
     if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.dtype.is_complex:
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -91,6 +93,8 @@ def seed_source(op: str, seed: object, generator: object, device_generator: bool
     ``generator`` is a ``torch.Generator`` or, for ops whose masks run on the shared kernels
     (``device_generator=True``), a :class:`dropkit.rng.DeviceGenerator`.
     """
+    if seed is None and generator is None:  # the common case, first: this runs on every op call
+        return
     from . import rng
 
     if seed is not None:
