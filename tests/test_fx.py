@@ -139,3 +139,76 @@ def test_torch_function_modes_and_subclasses_see_the_public_op():
     out = F.alpha_dropout(x.as_subclass(Tagged), 0.5, seed=3)
     assert type(out) is Tagged  # torch's default __torch_function__ keeps the subclass, as for F.alpha_dropout
     assert torch.equal(out.as_subclass(torch.Tensor), F.alpha_dropout(x, 0.5, seed=3))
+
+
+def test_tracers_that_trace_through_torch_layers_trace_through_dropkit_layers():
+    class Everything(fx.Tracer):  # inlines every module, torch's own included
+        def is_leaf_module(self, m, qualname):
+            return False
+
+    class Listed(fx.Tracer):  # extends FX's rule, as torchvision's feature-extraction tracer does
+        def is_leaf_module(self, m, qualname):
+            return isinstance(m, nn.Linear) or super().is_leaf_module(m, qualname)
+
+    for dropout in (nn.Dropout(0.5), dnn.Dropout(0.5)):
+        model = nn.Sequential(nn.Linear(4, 4), dropout)
+        inlined = Everything().trace(model)
+        assert [n.op for n in inlined.nodes if n.op.startswith("call")] == ["call_function"] * 2  # linear, dropout
+        kept = Listed().trace(model)
+        assert [(n.op, n.target) for n in kept.nodes][1:-1] == [("call_module", "0"), ("call_module", "1")]
+
+
+def test_leaf_calls_keep_every_argument_as_given():
+    class Scale(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(4))
+
+        def forward(self, x, scale=2.0):  # a keyword passed as None means something here
+            parts = x if isinstance(x, torch.Tensor) else x[0] + x[1]
+            return parts * self.weight * (1.0 if scale is None else scale)
+
+    class Host(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.dc = dnn.DropConnect(Scale(), p=0.5)
+
+        def forward(self, x):
+            return self.dc(x, scale=None) + self.dc([x, x])  # a keyword None, and a list holding the proxy
+
+    host = Host()
+    graph_module = fx.symbolic_trace(host)
+    assert [n.target for n in graph_module.graph.nodes if n.op == "call_module"] == ["dc", "dc"]
+    x = torch.randn(2, 4)
+    for mode in (host.eval, host.train):
+        mode(), graph_module.train(host.training)
+        assert torch.equal(_run(graph_module, x), _run(host, x))
+
+
+def test_compile_of_a_tensor_subclass_still_traces_the_op_body():
+    class Tagged(torch.Tensor):
+        pass
+
+    x = torch.ones(4, 6).as_subclass(Tagged)
+    for fn in (lambda t: F.dropout(t, 0.5, True, seed=1), dnn.Dropout(0.5, seed=1)):
+        compiled = torch.compile(fn, fullgraph=True, backend="eager")
+        assert type(compiled(x)) is Tagged
+
+
+def test_rank_warnings_point_at_the_callers_line_through_modes_subclasses_and_modules():
+    class Tagged(torch.Tensor):
+        pass
+
+    x = torch.ones(2, 3, 4)
+    calls = [
+        lambda: F.dropout2d(x, 0.5),
+        lambda: F.dropout2d(x.as_subclass(Tagged), 0.5),
+        lambda: dnn.Dropout2d(0.5)(x),
+    ]
+    for call in calls:
+        with pytest.warns(UserWarning, match="3D input to dropout2d") as record:
+            call()
+        assert record[0].filename == __file__
+    with pytest.warns(UserWarning, match="3D input to dropout2d") as record, torch.device("cpu"):  # a mode
+        F.dropout2d(x, 0.5)
+    assert record[0].filename == __file__

@@ -21,36 +21,62 @@ from typing import TypeVar
 import torch
 from torch.fx import Proxy
 from torch.overrides import handle_torch_function, has_torch_function
+from torch.utils import _pytree as pytree
 
 F = TypeVar("F", bound=Callable[..., object])
 
 
 def overridable(op: F) -> F:
-    """Wrap a functional op so that ``__torch_function__`` overrides among its arguments take the call."""
+    """Wrap a functional op so that ``__torch_function__`` overrides among its arguments take the call.
+
+    Not while dynamo compiles: it traces the op's body itself (a tensor subclass included), as before.
+    """
 
     @functools.wraps(op)
     def public(*args, **kwargs):
         relevant = (*args, *kwargs.values())
-        if has_torch_function(relevant):
+        if has_torch_function(relevant) and not torch.compiler.is_compiling():
             return handle_torch_function(public, relevant, *args, **kwargs)
         return op(*args, **kwargs)
 
     return public  # type: ignore[return-value]
 
 
+#: What FX's tracers are asked about in place of a dropkit module: a layer of ``torch.nn``.
+_TORCH_LAYER = torch.nn.Identity()
+
+
 def fx_leaf_call(module: torch.nn.Module, *args, **kwargs) -> Proxy | None:
     """Under ``torch.fx`` symbolic tracing, record ``module(*args, **kwargs)`` as one ``call_module`` node.
 
-    Returns the node's proxy when an argument is a ``torch.fx.Proxy`` and ``module`` is not the tracer's root
-    (keyword arguments left at ``None`` are not recorded); ``None`` otherwise, and the forward runs. Called
-    first thing in every dropkit module's ``forward``: a check, not a wrapper, so that FX still reads the
-    forward's own signature when the module is the root.
+    Returns the node's proxy when an argument holds a ``torch.fx.Proxy``, ``module`` is not the tracer's root,
+    and the tracer would keep a ``torch.nn`` layer at the module's path as a leaf (FX's default tracer does,
+    and tracers that extend its rule; one that traces through every module traces through this one too) or
+    says so of ``module`` itself; ``None`` otherwise, and the forward runs. Called first thing in every dropkit
+    module's ``forward``: a check, not a wrapper, so that FX still reads the forward's own signature when the
+    module is the root.
     """
+    proxy = _find_proxy(args, kwargs)
+    if proxy is None:
+        return None
+    tracer = proxy.tracer
+    path = tracer.path_of_module(module)
+    if not path:  # the root: traced through, as FX traces a root torch module
+        return None
+    if not (tracer.is_leaf_module(_TORCH_LAYER, path) or tracer.is_leaf_module(module, path)):
+        return None
+    return tracer.create_proxy("call_module", path, args, kwargs)
+
+
+def _find_proxy(args: tuple, kwargs: dict) -> Proxy | None:
+    """The first ``torch.fx.Proxy`` among the arguments, looking into lists, tuples and dicts of them."""
+    nested = False
     for arg in (*args, *kwargs.values()):
         if isinstance(arg, Proxy):
-            path = arg.tracer.path_of_module(module)
-            if not path:  # the root: traced through, as FX traces a root torch module
-                return None
-            kwargs = {name: value for name, value in kwargs.items() if value is not None}
-            return arg.tracer.create_proxy("call_module", path, args, kwargs)
+            return arg
+        nested = nested or isinstance(arg, (list, tuple, dict))
+    if nested:  # rare (a wrapped module taking a list): the full walk only then
+        for leaf in pytree.tree_leaves((args, kwargs)):
+            if isinstance(leaf, Proxy):
+                return leaf
     return None

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import sys
 import warnings
 
 import torch
@@ -15,6 +17,8 @@ import torch
 __all__ = ["ShapeError", "probability", "real", "tensor_input", "seed_source", "choice", "warn", "shard", "rank"]
 
 _SEED_LIMIT = 2**64
+#: Source directories whose frames a warning skips (see :func:`warn`): dropkit's and torch's.
+_INSIDE = (os.path.dirname(__file__) + os.sep, os.path.dirname(torch.__file__) + os.sep)
 
 
 class ShapeError(ValueError, RuntimeError):
@@ -129,8 +133,15 @@ def min_dim(op: str, x: torch.Tensor, ndim: int, layout: str) -> None:
 
 
 def warn(message: str) -> None:
-    """Emit a ``UserWarning`` attributed to the caller of the public function."""
-    warnings.warn(message, UserWarning, stacklevel=5)  # warn, the op's helper, the op, its overridable wrapper
+    """Emit a ``UserWarning`` attributed to the user's line: the first caller outside dropkit and torch.
+
+    Between the two lie the op's helpers, its ``__torch_function__`` wrapper, torch's override machinery (a
+    mode, a tensor subclass) and, for a module, torch's ``Module.__call__``: their number varies.
+    """
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_INSIDE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UserWarning, stacklevel=level + 1)
 
 
 def matching(op: str, name: str, tensor: object, shape: tuple[int, ...], like: torch.Tensor) -> None:
