@@ -251,3 +251,19 @@ def test_repeat_kernel_equals_reference_of_the_repeat(monkeypatch, dtype, n, cop
     keep = keep_mask_ref(n * copies, 77, offset, 2**30).reshape(copies, n)
     expected = masked_affine_ref(x.expand(copies, n), keep, 1.5, 0.25, -1.0)
     torch.testing.assert_close(out, expected, rtol=0, atol=0, equal_nan=True)
+
+
+def test_large_launches_run_on_torchs_thread_count(monkeypatch):
+    """``torch.set_num_threads(n)`` limits dropkit's kernels as it limits torch's ops (multi-process jobs)."""
+    used = []
+    setter = cpu._set_threads
+    monkeypatch.setattr(cpu, "_set_threads", lambda n: (used.append(n), setter(n)))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        kernels.apply(torch.ones(1 << 19), MaskSpec(1, 0, 1 << 31, 2.0))
+    finally:
+        torch.set_num_threads(before)
+    if cpu._get_threads() > 1:
+        assert used[0] == 1  # this large call ran on one thread, then numba's setting came back
+    assert cpu._get_threads() == cpu.threads()

@@ -14,6 +14,7 @@ from torch import nn
 
 import dropkit.nn as dnn
 from dropkit import functional as F
+from dropkit import surgery
 
 PAIRS = [
     (dnn.Dropout, nn.Dropout, F.dropout, torch.nn.functional.dropout),
@@ -277,3 +278,33 @@ def test_integer_input_in_eval_passes_through_like_torch():
         assert op(y, 0.0, True) is y and torch.nn.functional.dropout(y, 0.0, True) is y
     with pytest.raises(TypeError, match="input must be a floating-point tensor in training, but got torch.int64."):
         F.dropout(x, 0.5)
+
+
+@pytest.mark.parametrize(("ours", "theirs", "f_ours", "f_theirs"), PAIRS, ids=IDS)
+def test_a_torch_module_switched_to_its_twin_class_works(ours, theirs, f_ours, f_theirs):
+    """``m.__class__ = twin`` (or unpickling under a remapped class) leaves no dropkit attribute set: defaults apply."""
+    module = theirs(0.5)
+    module.__class__ = ours
+    assert repr(module) == repr(ours(0.5))
+    x = torch.ones({nn.Dropout1d: (2, 3, 4), nn.Dropout3d: (2, 3, 2, 2, 2)}.get(theirs, (2, 3, 4, 4)))
+    torch.manual_seed(0)
+    expected = ours(0.5)(x)
+    torch.manual_seed(0)
+    assert torch.equal(module(x), expected)
+    restored = pickle.loads(pickle.dumps(module))
+    assert type(restored) is ours and torch.equal(restored.eval()(x), x)
+
+
+@pytest.mark.parametrize("theirs", [nn.AlphaDropout, nn.FeatureAlphaDropout])
+def test_alpha_modules_ignore_inplace_as_torchs_do(theirs):
+    """torch's alpha modules store ``inplace`` but never pass it on; a swap must not start editing the input."""
+    model = nn.Sequential(theirs(0.5, inplace=True))
+    x = torch.ones(2, 3, 4)
+    model(x)
+    assert torch.equal(x, torch.ones(2, 3, 4))  # torch's module left it alone
+    swapped = surgery.swap_dropout(model)
+    assert swapped[0].inplace and "inplace=True" in repr(swapped[0])
+    y = swapped(x)
+    assert torch.equal(x, torch.ones(2, 3, 4)) and not torch.equal(y, x)
+    leaf = torch.ones(2, 3, 4, requires_grad=True)  # an in-place op on a leaf would raise
+    swapped(leaf).sum().backward()

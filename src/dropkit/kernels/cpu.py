@@ -324,23 +324,27 @@ _ONE_THREAD_BELOW = 1 << 18
 
 
 def _launch(parallel, serial, numel: int, *args) -> None:
-    """Run a kernel: all threads for large inputs, one thread below :data:`_ONE_THREAD_BELOW`, serial in forks.
+    """Run a kernel: torch's threads for large inputs, one below :data:`_ONE_THREAD_BELOW`, serial in forks.
 
-    The one-thread launch still runs the parallel kernel, which LLVM vectorises (numba's gufuncs tell it that
-    ``out`` and ``x`` do not alias; the plain serial twins it cannot vectorise). Forked children (DataLoader
-    workers) run the serial twins: GNU OpenMP, numba's usual threading layer, is not fork-safe.
+    Large inputs run on ``torch.get_num_threads()`` threads (at most numba's own setting), so
+    ``torch.set_num_threads`` limits dropkit's kernels as it limits torch's ops. The one-thread launch still
+    runs the parallel kernel, which LLVM vectorises (numba's gufuncs tell it that ``out`` and ``x`` do not
+    alias; the plain serial twins it cannot vectorise). Forked children (DataLoader workers) run the serial
+    twins: GNU OpenMP, numba's usual threading layer, is not fork-safe.
     """
     if _forked:
         serial(*args)
-    elif numel >= _ONE_THREAD_BELOW:
+        return
+    threads = _get_threads()
+    wanted = 1 if numel < _ONE_THREAD_BELOW else min(torch.get_num_threads(), threads)
+    if wanted == threads:
         parallel(*args)
-    else:
-        threads = _get_threads()
-        _set_threads(1)
-        try:
-            parallel(*args)
-        finally:
-            _set_threads(threads)
+        return
+    _set_threads(wanted)
+    try:
+        parallel(*args)
+    finally:
+        _set_threads(threads)
 
 
 def _key(seed: int) -> tuple[np.uint32, np.uint32]:

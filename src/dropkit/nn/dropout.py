@@ -31,9 +31,11 @@ __all__ = [
 class _SeededMixin:
     """Seed handling and repr extras shared by every dropkit dropout module."""
 
+    # class-level defaults: a torch module whose class is switched to its dropkit twin (``m.__class__ = ...``,
+    # or unpickled under a remapped class) has none of these attributes of its own, and works as if built so
     mode = "inverted"
-    generator: torch.Generator | None
-    seed: int | None
+    generator: torch.Generator | None = None
+    seed: int | None = None
 
     def _setup_rng(self, seed: int | None, generator: torch.Generator | None) -> None:
         self.seed = seed
@@ -51,6 +53,7 @@ class _DropIn(_SeededMixin):
     inplace: bool
     training: bool
     _modes: tuple[str, ...] = ("inverted", "classic")
+    _applies_inplace = True  #: torch's alpha modules store ``inplace`` and never pass it on: their twins neither
 
     @staticmethod
     def _functional(input: torch.Tensor, p: float, training: bool, inplace: bool, **kwargs) -> torch.Tensor:
@@ -82,7 +85,8 @@ class _DropIn(_SeededMixin):
         if (leaf := fx_leaf_call(self, input, training=training)) is not None:  # torch.fx: one call_module node
             return leaf
         training = self.training if training is None else training
-        return self._functional(input, self.p, training, self.inplace, generator=self.generator, **self._options())
+        inplace = self.inplace and self._applies_inplace
+        return self._functional(input, self.p, training, inplace, generator=self.generator, **self._options())
 
     def extra_repr(self) -> str:
         return f"p={self.p}, inplace={self.inplace}" + self._extras()
@@ -126,6 +130,8 @@ class Dropout(_DropIn, nn.Dropout):
     ) -> None:
         super().__init__(p, inplace, mode=mode, keep=keep, seed=seed, generator=generator)
         self.noise_shape = _validate.noise_shape_arg("Dropout", noise_shape)
+
+    noise_shape: tuple[int | None, ...] | None = None  # the default of a torch Dropout switched to this class
 
     def _options(self) -> dict:
         return {**super()._options(), "noise_shape": self.noise_shape}
@@ -203,7 +209,8 @@ class AlphaDropout(_DropIn, nn.AlphaDropout):
 
     Args:
         p: Probability of zeroing an element. Default: ``0.5``.
-        inplace: Modify the input in place. Default: ``False``.
+        inplace: Stored and shown, not applied: torch's module ignores it too (its forward never passes it on),
+            so a swapped model keeps its input. Default: ``False``.
         keep: Keep probability, an alternative to ``p`` (keyword-only). Default: ``None``.
         seed: Seed of the module's own generator: reproducible, advancing masks (keyword-only).
         generator: A generator to draw seeds from (keyword-only). Default: torch's global CPU generator.
@@ -219,6 +226,7 @@ class AlphaDropout(_DropIn, nn.AlphaDropout):
 
     _functional = staticmethod(F.alpha_dropout)
     _modes = ("inverted",)
+    _applies_inplace = False
 
 
 class FeatureAlphaDropout(_DropIn, nn.FeatureAlphaDropout):
@@ -226,7 +234,8 @@ class FeatureAlphaDropout(_DropIn, nn.FeatureAlphaDropout):
 
     Args:
         p: Probability of zeroing a channel. Default: ``0.5``.
-        inplace: Modify the input in place. Default: ``False``.
+        inplace: Stored and shown, not applied: torch's module ignores it too (its forward never passes it on),
+            so a swapped model keeps its input. Default: ``False``.
         keep: Keep probability, an alternative to ``p`` (keyword-only). Default: ``None``.
         seed: Seed of the module's own generator: reproducible, advancing masks (keyword-only).
         generator: A generator to draw seeds from (keyword-only). Default: torch's global CPU generator.
@@ -238,6 +247,7 @@ class FeatureAlphaDropout(_DropIn, nn.FeatureAlphaDropout):
 
     _functional = staticmethod(F.feature_alpha_dropout)
     _modes = ("inverted",)
+    _applies_inplace = False
 
 
 class GaussianDropout(_SeededMixin, nn.Module):
