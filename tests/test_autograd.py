@@ -443,3 +443,24 @@ def test_drop_block_under_torch_func_matches_autograd_and_refuses_vmap_different
     torch.testing.assert_close(same[2], op(x))
     with pytest.raises(NotImplementedError, match="randomness='different'"):
         torch.vmap(lambda t: F.drop_block2d(t, 0.3, 3), randomness="different")(x.unsqueeze(0).expand(3, *x.shape))
+
+
+def test_vmap_different_gives_unbatched_tensors_a_draw_per_slice_as_torch_does():
+    """A tensor the vmapped function builds itself (or a weight) is not batched: torch's random ops still draw
+    each slice its own values under ``randomness="different"``, and so must dropkit's (the MC-dropout idiom
+    ``vmap(lambda _: model(x), randomness="different")(torch.arange(T))``)."""
+    ones = torch.ones(64)
+    for op in (F.dropout, F.gaussian_dropout, F.alpha_dropout):
+        different = torch.vmap(lambda _, op=op: op(ones, 0.5, True), randomness="different")(torch.arange(4))
+        assert different.shape == (4, 64) and all(not torch.equal(different[0], row) for row in different[1:])
+        same = torch.vmap(lambda _, op=op: op(ones, 0.5, True), randomness="same")(torch.arange(4))
+        assert all(torch.equal(same[0], row) for row in same[1:])
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), dnn.Dropout(0.5), torch.nn.Linear(16, 3)).train()
+    x = torch.randn(5, 8)
+    samples = torch.vmap(lambda _: model(x), randomness="different")(torch.arange(6))
+    assert samples.shape == (6, 5, 3) and len({tuple(s.flatten().tolist()) for s in samples}) == 6
+    layer = dnn.DropConnectLinear(8, 4, p=0.5)  # the weight is never batched: each slice its own weight mask
+    rows = torch.vmap(layer, randomness="different")(torch.ones(6, 8))
+    assert len({tuple(r.tolist()) for r in rows}) > 1
+    with pytest.raises(RuntimeError, match="in-place random op"):  # torch's in-place dropout raises here too
+        torch.vmap(lambda _: F.dropout(torch.ones(3), 0.5, inplace=True), randomness="different")(torch.arange(2))

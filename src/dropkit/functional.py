@@ -30,6 +30,7 @@ import math
 
 import torch
 import torch.autograd.forward_ad as _forward_ad
+from torch._functorch.pyfunctorch import coerce_cinterpreter as _coerce_interpreter
 from torch._functorch.utils import unwrap_dead_wrappers as _unwrap_dead_wrappers
 
 from . import _validate, kernels, rng
@@ -128,6 +129,30 @@ def _vmap_rule(info, in_dim: int, x: torch.Tensor, dims: int, inplace: bool, cal
     return (x, in_dim) if inplace else (y, 0)
 
 
+def _vmap_lift(input: torch.Tensor, inplace: bool) -> torch.Tensor:
+    """Batch ``input`` at the innermost ``torch.vmap`` level if it draws ``randomness="different"`` and does not.
+
+    Such an input (built inside the vmapped function, or a weight) would otherwise get one draw for every slice.
+    Lifted, it is expanded to the batch, so that each slice draws its own values, as torch's random ops do for
+    unbatched tensors (``vmap(lambda _: model(x), randomness="different")(torch.arange(T))``: T MC samples). An
+    in-place call there raises, as torch's does: the slices' results cannot all be written into one tensor.
+    """
+    top = torch._C._functorch.peek_interpreter_stack()
+    if top is None or top.key() != torch._C._functorch.TransformType.Vmap:
+        return input
+    vmap = _coerce_interpreter(top)
+    if vmap.randomness() != "different" or torch._C._functorch.maybe_get_level(input) == top.level():
+        return input
+    if inplace:
+        raise RuntimeError(
+            "dropkit: an in-place random op on a tensor that torch.vmap(randomness='different') does not batch "
+            "would need one result per slice in one tensor (torch's in-place dropout raises here too); "
+            "use inplace=False or randomness='same'."
+        )
+    expanded = input.unsqueeze(0).expand(vmap.batch_size(), *input.shape)
+    return torch._C._functorch._add_batch_dim(expanded, 0, top.level())
+
+
 def _apply_mask(input: torch.Tensor, spec: MaskSpec, inplace: bool = False) -> torch.Tensor:
     """Return ``input`` under ``spec`` (written into ``input`` when ``inplace``), differentiable when needed.
 
@@ -137,7 +162,7 @@ def _apply_mask(input: torch.Tensor, spec: MaskSpec, inplace: bool = False) -> t
     """
     inplace = bool(inplace)
     if _transforming():
-        return _MaskedAffineTransformFn.apply(input, spec, inplace)
+        return _MaskedAffineTransformFn.apply(_vmap_lift(input, inplace), spec, inplace)
     if _autograd_sees(input):
         return _function(_MaskedAffineFn, input, spec, inplace)
     if inplace:
@@ -260,7 +285,7 @@ def _noise(
 ) -> torch.Tensor:
     """The dispatch of :class:`_GaussianFn`, as :func:`_apply_mask` for the masked ops."""
     if _transforming():
-        return _GaussianTransformFn.apply(input, seed, sigma, multiply, inplace, noise_dims)
+        return _GaussianTransformFn.apply(_vmap_lift(input, inplace), seed, sigma, multiply, inplace, noise_dims)
     if not multiply:  # x + σz: torch's own add, which autograd differentiates (and checks in place) as any add
         noise = _gaussian_noise(input, seed, sigma, noise_dims).to(input.dtype)
         return input.add_(noise) if inplace else input + noise
