@@ -308,3 +308,17 @@ def test_alpha_modules_ignore_inplace_as_torchs_do(theirs):
     assert torch.equal(x, torch.ones(2, 3, 4)) and not torch.equal(y, x)
     leaf = torch.ones(2, 3, 4, requires_grad=True)  # an in-place op on a leaf would raise
     swapped(leaf).sum().backward()
+
+
+def test_dispatch_subclasses_run_on_torch_ops_with_the_same_masks():
+    """A subclass that handles ops in ``__torch_dispatch__`` (DTensor's kind) has no storage for the numba path."""
+    from torch.testing._internal.two_tensor import TwoTensor
+
+    x = torch.randn(4, 3, 5)
+    pair = TwoTensor(x, x.clone())
+    for op in (F.dropout, F.dropout1d, F.alpha_dropout, F.gaussian_dropout):
+        y = op(pair, 0.5, True, seed=3)
+        assert type(y) is TwoTensor
+        assert torch.equal(y.a, op(x, 0.5, True, seed=3)) and torch.equal(y.b, y.a)
+    module = dnn.Dropout2d(0.5, seed=4)
+    assert type(module(TwoTensor(x[None], x[None].clone()))) is TwoTensor

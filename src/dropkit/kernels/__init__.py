@@ -289,14 +289,17 @@ def _cpu():
 
 
 def _wrapped(x: torch.Tensor) -> bool:
-    """Whether ``x`` has no storage of its own, so torch ops only: a torch.func transform's wrapper or a batched grad.
+    """Whether ``x`` has no storage of its own, so torch ops only.
 
-    Batched gradients come from ``torch.autograd.grad(..., is_grads_batched=True)`` (gradcheck's
-    ``check_batched_grad``). False while torch traces: that check comes first, so dynamo never sees the pybind
-    functions, which it cannot trace.
+    A torch.func transform's wrapper, a batched grad (``torch.autograd.grad(..., is_grads_batched=True)``,
+    gradcheck's ``check_batched_grad``), or a tensor subclass that handles ops in ``__torch_dispatch__``
+    (``DTensor``, wrapper subclasses). False while torch traces: that check comes first, so dynamo never sees
+    the pybind functions, which it cannot trace.
     """
     return not torch.compiler.is_compiling() and (
-        torch._C._functorch.is_functorch_wrapped_tensor(x) or torch._C._functorch.is_legacy_batchedtensor(x)
+        torch._C._functorch.is_functorch_wrapped_tensor(x)
+        or torch._C._functorch.is_legacy_batchedtensor(x)
+        or type(x).__torch_dispatch__ is not torch._C._disabled_torch_dispatch_impl
     )
 
 
