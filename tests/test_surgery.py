@@ -102,3 +102,19 @@ def test_find_and_set_p_see_structured_and_weight_dropout():
     ]
     surgery.set_p(model, 0.05)
     assert [m.p for m in model] == [0.05] * 4
+
+
+def test_swap_dropout_keeps_identity_hooks_attributes_and_shared_modules():
+    shared = nn.Dropout(0.4)
+    calls = []
+    shared.register_forward_hook(lambda m, i, o: calls.append(type(m).__name__))
+    shared.note = "kept"
+    model = nn.Sequential(nn.Linear(3, 3), shared, nn.Sequential(nn.ReLU(), shared))
+    assert surgery.swap_dropout(model) is model
+    assert model[1] is shared and model[2][1] is shared and type(shared) is dnn.Dropout  # one module, both paths
+    assert shared.note == "kept" and shared.p == 0.4
+    model(torch.randn(2, 3))
+    assert calls == ["Dropout", "Dropout"]  # the hook still runs, on the twin
+    root = nn.Dropout2d(0.3)  # a model that is itself a dropout layer
+    assert surgery.swap_dropout(root) is root and type(root) is dnn.Dropout2d
+    assert repr(root) == "Dropout2d(p=0.3, inplace=False)"

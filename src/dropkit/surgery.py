@@ -1,7 +1,7 @@
 r"""Model surgery: find, swap, re-rate and convert the dropout layers of any torch model.
 
 - :func:`find_dropout` lists every dropout site (module path, class, ``p``, mode).
-- :func:`swap_dropout` replaces ``torch.nn.Dropout*`` / ``AlphaDropout`` modules by their dropkit twins
+- :func:`swap_dropout` turns ``torch.nn.Dropout*`` / ``AlphaDropout`` modules into their dropkit twins, in place
   (same ``p`` and ``inplace``; eval outputs unchanged, training masks now seeded and mask-free).
 - :func:`set_p` sets the rate everywhere or per module-path pattern.
 - :func:`fold_classic` turns classic dropout into inverted dropout by folding the test-time scaling
@@ -83,17 +83,15 @@ def _scaling(module: nn.Module) -> str:
     return mode if mode in ("inverted", "classic") else "inverted"
 
 
-def _replace(model: nn.Module, path: str, new: nn.Module) -> None:
-    parent_path, _, name = path.rpartition(".")
-    parent = model.get_submodule(parent_path) if parent_path else model
-    setattr(parent, name, new)
-
-
 def swap_dropout(model: nn.Module) -> nn.Module:
-    """Replace every torch dropout module of ``model`` (in place) by its dropkit twin; return ``model``.
+    """Turn every torch dropout module of ``model`` into its dropkit twin, in place; return ``model``.
 
-    ``p``, ``inplace`` and the train/eval flag carry over; eval outputs are unchanged. Subclasses of torch's
-    classes that are not torch's own (including dropkit's) are left alone.
+    Each module keeps its identity and changes class (``module.__class__ = twin``; every twin subclasses its
+    torch class and holds no state of its own beyond class-level defaults: no seed, no generator, inverted
+    mode). So ``p``, ``inplace``, the train/eval flag, hooks, extra attributes and every reference to the
+    module carry over, a module shared by two paths stays one module, and a model that is itself a dropout
+    layer is swapped too. Eval outputs are unchanged. Subclasses of torch's classes that are not torch's own
+    (including dropkit's) are left alone.
 
     Example:
         >>> model = swap_dropout(nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.3)))
@@ -102,13 +100,10 @@ def swap_dropout(model: nn.Module) -> nn.Module:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"swap_dropout: model must be a torch.nn.Module, but got {type(model).__name__!r}.")
-    for name, module in list(model.named_modules()):
+    for module in model.modules():
         twin = TWINS.get(type(module))
-        if twin is None or not name:
-            continue
-        new = twin(module.p, module.inplace)
-        new.train(module.training)
-        _replace(model, name, new)
+        if twin is not None:
+            module.__class__ = twin
     return model
 
 
