@@ -177,3 +177,12 @@ def test_learned_p_falls_with_more_data():
     assert few[1] > 0.2 and few[2] > 0.2
     assert all(m < f for m, f in zip(many, few, strict=True))
     assert max(many[1:]) < 0.5 * min(few[1:])
+
+
+def test_meta_device_construction_and_an_empty_batch():
+    with torch.device("meta"):  # how large models are built before their weights are loaded
+        layer = dnn.ConcreteDropout(torch.nn.Linear(4, 3), init_min=0.2, init_max=0.2)
+    assert layer.p_logit.device.type == "meta"
+    layer.to_empty(device="cpu")
+    assert layer.train()(torch.ones(2, 4)).shape == (2, 3)
+    assert layer(torch.ones(0, 4)).shape == (0, 3) and layer.input_dim == 4  # torch's layers take empty batches

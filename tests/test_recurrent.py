@@ -640,3 +640,17 @@ def test_bench_rnn_quick_runs():
     rows = module.main(["--quick"])
     assert {(r["cell"], r["contender"]) for r in rows} >= {("LSTM", "dk-rec"), ("GRU", "dk-rec"), ("LSTM", "wdrop")}
     assert all(r["ms"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize("cls", [dnn.LSTM, dnn.GRU])
+def test_an_empty_batch_gives_empty_outputs_as_torch(cls):
+    for kwargs in (dict(recurrent_dropout=0.3), dict(recurrent_dropout=0.3, bidirectional=True, num_layers=2)):
+        ours = cls(5, 4, **kwargs)
+        theirs = getattr(torch.nn, cls.__name__)(5, 4, bidirectional=ours.bidirectional, num_layers=ours.num_layers)
+        x = torch.randn(3, 0, 5)
+        out, state = ours(x)
+        expected, expected_state = theirs(x)
+        assert out.shape == expected.shape
+        states = state if isinstance(state, tuple) else (state,)
+        expected_states = expected_state if isinstance(expected_state, tuple) else (expected_state,)
+        assert [s.shape for s in states] == [s.shape for s in expected_states]

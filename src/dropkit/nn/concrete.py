@@ -97,7 +97,7 @@ class ConcreteDropout(_SeededMixin, nn.Module):
         _validate.not_below(op, "init_max", init_max, "init_min", init_min)
         self.temperature = _validate.positive(op, "temperature", temperature)
         self._setup_rng(seed, generator)
-        u = float(rng.uniform(1, F._seed(None, self.generator)))
+        u = float(rng.uniform(1, F._seed(None, self.generator), device="cpu"))  # on the CPU under torch.device("meta")
         self.p_logit = nn.Parameter(torch.tensor([low + (high - low) * u]))
         self.input_dim: int | None = getattr(module, "in_features", None)
 
@@ -111,7 +111,7 @@ class ConcreteDropout(_SeededMixin, nn.Module):
         if (leaf := fx_leaf_call(self, input, *args, **kwargs)) is not None:  # torch.fx: one call_module node
             return leaf
         if self.training or F._forced_training:
-            self.input_dim = input[0].numel() if input.dim() > 1 else input.numel()
+            self.input_dim = math.prod(input.shape[1:]) if input.dim() > 1 else input.numel()  # an empty batch too
             input = F.concrete_dropout(input, self.p_logit, self.temperature, True, generator=self.generator)
         return self.module(input, *args, **kwargs)
 

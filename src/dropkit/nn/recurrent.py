@@ -410,7 +410,7 @@ class _VariationalRNN:
             flat = x.reshape(-1, x.shape[-1])
             xw = torch.mm(flat, w_ih.t()) if bias is None else torch.addmm(bias, flat, w_ih.t())
             if batch_sizes is None:
-                steps = list(xw.view(x.shape[0], x.shape[1], -1).unbind(0))
+                steps = list(xw.view(x.shape[0], x.shape[1], xw.shape[-1]).unbind(0))  # not -1: an empty batch
             else:
                 steps = list(xw.split(batch_sizes.tolist()))
             mask = rec_masks[d] if isinstance(rec_masks[d], torch.Tensor) else None
