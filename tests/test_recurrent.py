@@ -246,10 +246,13 @@ def test_rnn_kept_units_are_scaled_by_inverse_keep_probability():
     torch.testing.assert_close(ours(x)[0], ref(x * kept[:1] * 4.0)[0], rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("zoneout", [False, True], ids=["dropout", "zoneout"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_rnn_packed_gets_the_masks_of_its_padded_form(kind):
-    ours = getattr(dnn, kind)(4, 5, num_layers=2, dropout=0.3, recurrent_dropout=0.3, output_dropout=0.3, seed=5)
-    ours = ours.double()
+def test_rnn_packed_gets_the_masks_of_its_padded_form(kind, zoneout):
+    rates = dict(dropout=0.3, recurrent_dropout=0.3, output_dropout=0.3)
+    if zoneout:
+        rates = dict(zoneout_h=0.3, zoneout_c=0.3) if kind == "LSTM" else dict(zoneout_h=0.3)
+    ours = getattr(dnn, kind)(4, 5, num_layers=2, seed=5, **rates).double()
     x = torch.randn(6, 3, 4, dtype=DOUBLE)
     lengths = torch.tensor([4, 6, 2])
     packed_out, _ = ours(pack_padded_sequence(x, lengths, enforce_sorted=False))

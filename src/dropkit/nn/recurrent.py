@@ -63,7 +63,8 @@ class _Masks:
     def zone(self, p: float, steps: int, rows: int, features: int) -> torch.Tensor | float | None:
         """Return zoneout's ``(steps, rows, features)`` keep-the-previous-value mask, ``p`` in eval, or ``None``.
 
-        One fresh draw per step and unit (Krueger et al.), indexed by the kernels' row order.
+        One fresh draw per step and unit (Krueger et al.), drawn in the caller's sequence order and gathered into
+        the kernels' row order, as :meth:`draw`'s masks are.
         """
         offset, self.offset = self.offset, self.offset + steps * rows * features
         if p == 0.0:
@@ -71,7 +72,8 @@ class _Masks:
         if self.seed is None:
             return p
         spec = MaskSpec(self.seed, offset, F._threshold(p), 1.0)
-        return ~kernels.keep_mask(spec, (steps, rows, features), self.device)
+        zone = ~kernels.keep_mask(spec, (steps, rows, features), self.device)
+        return zone if self.order is None else zone.index_select(1, self.order)
 
 
 _Zone = torch.Tensor | float | None
