@@ -441,3 +441,19 @@ def test_checkpoint_recomputes_the_same_weight_mask():
     torch.manual_seed(5)
     torch.utils.checkpoint.checkpoint(layer, x, use_reentrant=False).pow(2).sum().backward()
     torch.testing.assert_close(layer.weight.grad, expected)
+
+
+def test_per_sample_drop_connect_under_torch_func_matches_autograd():
+    """The memory-lean Function has no torch.func rule: under a transform the masked copies are made, same masks."""
+    x = torch.randn(5, 3, dtype=torch.float64)
+    w = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+
+    def f(weight):
+        return F.drop_connect_linear(x, weight, p=0.5, per_sample=True, seed=3)
+
+    f(w).pow(2).sum().backward()
+    assert torch.allclose(torch.func.grad(lambda v: f(v).pow(2).sum())(w.detach()), w.grad)
+    primal, _ = torch.func.jvp(f, (w.detach(),), (torch.ones_like(w),))
+    assert torch.equal(primal, f(w.detach()))
+    jacobian = torch.func.jacrev(f)(w.detach())  # (N, out, out, in): each sample's own masked weight
+    assert jacobian.shape == (5, 4, 4, 3) and not torch.equal(jacobian[0, 0, 0], jacobian[1, 0, 0])
