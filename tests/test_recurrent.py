@@ -657,3 +657,9 @@ def test_an_empty_batch_gives_empty_outputs_as_torch(cls):
         states = state if isinstance(state, tuple) else (state,)
         expected_states = expected_state if isinstance(expected_state, tuple) else (expected_state,)
         assert [s.shape for s in states] == [s.shape for s in expected_states]
+
+
+def test_autocast_outputs_keep_torchs_dtype():
+    ours, theirs = dnn.LSTM(5, 4, num_layers=2, dropout=0.2, output_dropout=0.3), torch.nn.LSTM(5, 4, num_layers=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert ours(torch.randn(3, 2, 5))[0].dtype == theirs(torch.randn(3, 2, 5))[0].dtype == torch.bfloat16

@@ -343,7 +343,7 @@ class _VariationalRNN:
                 for _ in range(directions)
             ]
             if in_mask is not None:
-                x = x * (in_mask if rows is None or not isinstance(in_mask, torch.Tensor) else in_mask[rows])
+                x = _apply(x, in_mask, rows)
             first = layer * directions * per_direction
             weights = self._flat_weights[first : first + directions * per_direction]
             layer_states = tuple(s[layer * directions : (layer + 1) * directions] for s in states)
@@ -355,7 +355,7 @@ class _VariationalRNN:
                 kept.append(state)
         out_mask = masks.draw(self.output_dropout, batch, x.shape[-1])
         if out_mask is not None:
-            x = x * (out_mask if rows is None or not isinstance(out_mask, torch.Tensor) else out_mask[rows])
+            x = _apply(x, out_mask, rows)
         return x, [torch.cat(kept) for kept in finals]
 
     def _fused_layer(self, x, batch_sizes, states, weights, training: bool):
@@ -427,6 +427,16 @@ class _VariationalRNN:
                 kept.append(state)
         output = outputs[0] if len(outputs) == 1 else torch.cat(outputs, -1)
         return output, tuple(torch.stack(kept) for kept in finals)
+
+
+def _apply(x: torch.Tensor, mask: torch.Tensor | float, rows: torch.Tensor | None) -> torch.Tensor:
+    """``x`` times a ``(sequences, features)`` mask (``rows``: each packed row's sequence) or a scalar.
+
+    In ``x``'s dtype: under autocast the layers' outputs are half precision while the masks follow the input.
+    """
+    if not isinstance(mask, torch.Tensor):
+        return x * mask
+    return x * (mask if rows is None else mask[rows]).to(x.dtype)
 
 
 def _packed_rows(batch_sizes: torch.Tensor, device: torch.device) -> torch.Tensor:
