@@ -464,3 +464,13 @@ def test_vmap_different_gives_unbatched_tensors_a_draw_per_slice_as_torch_does()
     assert len({tuple(r.tolist()) for r in rows}) > 1
     with pytest.raises(RuntimeError, match="in-place random op"):  # torch's in-place dropout raises here too
         torch.vmap(lambda _: F.dropout(torch.ones(3), 0.5, inplace=True), randomness="different")(torch.arange(2))
+
+
+def test_linearize_traces_the_op_through_torch_ops():
+    """``torch.func.linearize`` traces with make_fx, a dispatch mode the numba kernels' writes would bypass."""
+    x = torch.randn(16)
+    out, jvp_fn = torch.func.linearize(lambda t: F.dropout(t, 0.5, seed=3), x)
+    assert torch.equal(out, F.dropout(x, 0.5, seed=3))
+    assert torch.equal(jvp_fn(torch.ones(16)), F.dropout(torch.ones(16), 0.5, seed=3))  # the same mask, linear
+    out, jvp_fn = torch.func.linearize(lambda t: F.dropout(t, 0.5), x)  # unseeded: its seed drawn as a constant
+    assert out.shape == x.shape and jvp_fn(x).shape == x.shape

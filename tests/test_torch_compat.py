@@ -322,3 +322,24 @@ def test_dispatch_subclasses_run_on_torch_ops_with_the_same_masks():
         assert torch.equal(y.a, op(x, 0.5, True, seed=3)) and torch.equal(y.b, y.a)
     module = dnn.Dropout2d(0.5, seed=4)
     assert type(module(TwoTensor(x[None], x[None].clone()))) is TwoTensor
+
+
+def test_dispatch_modes_see_the_ops_and_fake_tensors_pass():
+    """FLOP counters, loggers and fake-tensor tracing see torch ops; the numba kernels would be invisible to them."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen = []
+
+    class Log(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(func)
+            return func(*args, **(kwargs or {}))
+
+    x = torch.randn(64)
+    with Log():
+        y = F.dropout(x, 0.5, seed=3)
+    assert torch.equal(y, F.dropout(x, 0.5, seed=3)) and len(seen) > 1  # the mask is drawn by ops it saw
+    with FakeTensorMode():
+        fake = dnn.Dropout2d(0.5).train()(torch.ones(2, 3, 4, 4))
+        assert fake.shape == (2, 3, 4, 4)

@@ -317,8 +317,23 @@ def draw_seed(generator: torch.Generator | None = None) -> int:
     # under vmap(randomness="different"): one plain draw, as the call on the whole batch makes (the ops' vmap rules
     # do the rest); in vmap's "error" mode torch's own draw raises, as for any random op
     plain = _vmap_randomness() & {"different", "error"} == {"different"}
-    with torch._C._DisableFuncTorch() if plain else contextlib.nullcontext():
+    with torch._C._DisableFuncTorch() if plain else contextlib.nullcontext(), _outside_dispatch_modes():
         return int(torch.randint(0, 2**63 - 1, (), generator=generator, device=device))
+
+
+def _outside_dispatch_modes() -> contextlib.AbstractContextManager:
+    """The context of a seed draw: Python dispatch modes off, if any runs.
+
+    Under ``make_fx`` (``torch.func.linearize``) or a fake-tensor mode the draw would be a traced tensor, which
+    has no value to read; the seed is then a constant of the trace.
+    """
+    if torch.compiler.is_compiling():
+        return contextlib.nullcontext()
+    if not torch._C._dispatch_tls_is_dispatch_key_included(torch._C.DispatchKey.Python):
+        return contextlib.nullcontext()
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    return _disable_current_modes()
 
 
 def _vmap_randomness() -> set[str]:

@@ -135,7 +135,7 @@ def select(x: torch.Tensor) -> str:
 def _select(device: torch.device, dtype: torch.dtype) -> str:
     choice = backend()
     if device.type == "cpu" and choice != "triton":
-        return choice
+        return "reference" if choice == "numba" and _seen_by_mode() else choice
     if device.type in ("cuda", "cpu") and choice != "reference" and _importable("triton"):
         from . import triton
 
@@ -197,7 +197,7 @@ def keep_mask(spec: MaskSpec, shape: tuple[int, ...], device: torch.device) -> t
         kept = triton.masked_affine(ones, spec.seed, spec.offset, spec.threshold, 1.0, state=spec.state)
         return kept.ne(0).reshape(shape)
     spec = spec.resolved()
-    if device.type == "cpu" and backend() == "numba":
+    if device.type == "cpu" and backend() == "numba" and not _seen_by_mode():
         return _cpu().keep_mask(numel, spec.seed, spec.offset, spec.threshold).reshape(shape)
     return keep_mask_ref(numel, spec.seed, spec.offset, spec.threshold, device).reshape(shape)
 
@@ -289,17 +289,32 @@ def _cpu():
 
 
 def _wrapped(x: torch.Tensor) -> bool:
-    """Whether ``x`` has no storage of its own, so torch ops only.
+    """Whether ``x`` must go through torch ops: it has no storage of its own, or a mode watches the ops.
 
     A torch.func transform's wrapper, a batched grad (``torch.autograd.grad(..., is_grads_batched=True)``,
-    gradcheck's ``check_batched_grad``), or a tensor subclass that handles ops in ``__torch_dispatch__``
-    (``DTensor``, wrapper subclasses). False while torch traces: that check comes first, so dynamo never sees
-    the pybind functions, which it cannot trace.
+    gradcheck's ``check_batched_grad``), a tensor subclass that handles ops in ``__torch_dispatch__``
+    (``DTensor``, wrapper subclasses), or any tensor while a Python dispatch mode runs (:func:`_seen_by_mode`).
+    False while torch traces: that check comes first, so dynamo never sees the pybind functions, which it
+    cannot trace.
     """
     return not torch.compiler.is_compiling() and (
         torch._C._functorch.is_functorch_wrapped_tensor(x)
         or torch._C._functorch.is_legacy_batchedtensor(x)
         or type(x).__torch_dispatch__ is not torch._C._disabled_torch_dispatch_impl
+        or _seen_by_mode()
+    )
+
+
+def _seen_by_mode() -> bool:
+    """Whether a Python dispatch mode sees torch's ops now.
+
+    ``make_fx`` (``torch.func.linearize``), a fake-tensor mode, a user's ``TorchDispatchMode`` (FLOP counters,
+    loggers). The numba kernels write straight into memory, unseen by it (a traced graph would replay an empty
+    tensor): torch ops then. False while dynamo traces (it cannot trace the check; its graphs hold dropkit's
+    custom ops, which such modes see).
+    """
+    return not torch.compiler.is_compiling() and torch._C._dispatch_tls_is_dispatch_key_included(
+        torch._C.DispatchKey.Python
     )
 
 
