@@ -474,3 +474,20 @@ def test_linearize_traces_the_op_through_torch_ops():
     assert torch.equal(jvp_fn(torch.ones(16)), F.dropout(torch.ones(16), 0.5, seed=3))  # the same mask, linear
     out, jvp_fn = torch.func.linearize(lambda t: F.dropout(t, 0.5), x)  # unseeded: its seed drawn as a constant
     assert out.shape == x.shape and jvp_fn(x).shape == x.shape
+
+
+@pytest.mark.parametrize("op", [F.dropout, F.gaussian_dropout], ids=["dropout", "gaussian"])
+def test_gradients_under_vmap_different_reuse_the_forwards_masks(op):
+    """The backward, jvp and vmap rule re-dispatch the op: they must apply the forward's masks, never re-decide."""
+    w = torch.full((30,), 2.0)
+
+    def value_and_grad(_):
+        y, pullback = torch.func.vjp(lambda t: op(t, 0.5, True), w)
+        return y, pullback(torch.ones_like(y))[0]
+
+    y, grad = torch.vmap(value_and_grad, randomness="different")(torch.arange(4))
+    assert torch.allclose(grad * w, y)  # d(m * w)/dw = m: the forward's mask
+    jac, y = torch.vmap(torch.func.jacrev(lambda t: (op(t, 0.5, True),) * 2, has_aux=True), randomness="different")(
+        torch.full((4, 30), 2.0)
+    )
+    assert torch.allclose(torch.diagonal(jac, dim1=-2, dim2=-1) * 2.0, y)

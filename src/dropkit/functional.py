@@ -76,7 +76,7 @@ class _MaskedAffineFn(torch.autograd.Function):
         # itself a masked linear map: differentiable (and vmappable) when a graph of the backward is being built
         # (double backward, torch.func), straight to the kernel otherwise
         if torch.is_grad_enabled():
-            return _apply_mask(grad, ctx.spec.linear()), None, None
+            return _apply_mask(grad, ctx.spec.linear(), lift=False), None, None
         return kernels.apply(grad, ctx.spec.linear()), None, None
 
 
@@ -91,7 +91,7 @@ class _MaskedAffineTransformFn(_MaskedAffineFn):
     def jvp(ctx, tangent: torch.Tensor, *_: None) -> torch.Tensor:  # type: ignore[override]
         # the same masked linear map, through the dispatch so that a vmapped tangent gets each slice's mask; an
         # in-place call edits its tangent in place too
-        y = _apply_mask(tangent, ctx.spec.linear())
+        y = _apply_mask(tangent, ctx.spec.linear(), lift=False)
         return tangent.copy_(y) if ctx.inplace else y
 
     @staticmethod
@@ -105,7 +105,7 @@ class _MaskedAffineTransformFn(_MaskedAffineFn):
 
         def call(t: torch.Tensor, mask_dims: int, shift: int) -> torch.Tensor:
             shard = tuple((d + shift, start, size) for d, start, size in spec.shard) if spec.shard else None
-            return _apply_mask(t, dataclasses.replace(spec, mask_dims=mask_dims, shard=shard), inplace)
+            return _apply_mask(t, dataclasses.replace(spec, mask_dims=mask_dims, shard=shard), inplace, lift=False)
 
         return _vmap_rule(info, in_dims[0], x, spec.mask_dims, inplace, call)
 
@@ -153,8 +153,11 @@ def _vmap_lift(input: torch.Tensor, inplace: bool) -> torch.Tensor:
     return torch._C._functorch._add_batch_dim(expanded, 0, top.level())
 
 
-def _apply_mask(input: torch.Tensor, spec: MaskSpec, inplace: bool = False) -> torch.Tensor:
+def _apply_mask(input: torch.Tensor, spec: MaskSpec, inplace: bool = False, lift: bool = True) -> torch.Tensor:
     """Return ``input`` under ``spec`` (written into ``input`` when ``inplace``), differentiable when needed.
+
+    ``lift``: an op's own call, where :func:`_vmap_lift` may batch the input; ``False`` for the re-dispatches inside
+    the Functions' backward, jvp and vmap rule, which must reuse the forward's masks, not decide afresh.
 
     Through an autograd Function when ``torch.compile``, a ``torch.func`` transform, forward-mode AD or autograd
     may see the call; straight to the kernel otherwise: inference skips the Function's bookkeeping, about a third
@@ -162,7 +165,7 @@ def _apply_mask(input: torch.Tensor, spec: MaskSpec, inplace: bool = False) -> t
     """
     inplace = bool(inplace)
     if _transforming():
-        return _MaskedAffineTransformFn.apply(_vmap_lift(input, inplace), spec, inplace)
+        return _MaskedAffineTransformFn.apply(_vmap_lift(input, inplace) if lift else input, spec, inplace)
     if _autograd_sees(input):
         return _function(_MaskedAffineFn, input, spec, inplace)
     if inplace:
@@ -232,7 +235,10 @@ class _GaussianFn(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         if ctx.multiply:  # the same multiplication; through the dispatch when a graph of it is being built
             args = (grad, ctx.seed, ctx.sigma, True)
-            grad = _noise(*args, False, ctx.noise_dims) if torch.is_grad_enabled() else _gaussian(*args, ctx.noise_dims)
+            if torch.is_grad_enabled():
+                grad = _noise(*args, False, ctx.noise_dims, lift=False)
+            else:
+                grad = _gaussian(*args, ctx.noise_dims)
         return grad, None, None, None, None, None
 
 
@@ -246,13 +252,13 @@ class _GaussianTransformFn(_GaussianFn):
                 return tangent.clone()
             torch.autograd.graph.increment_version(tangent)  # in place: autograd checks the tangent was written
             return tangent
-        y = _noise(tangent, ctx.seed, ctx.sigma, True, False, ctx.noise_dims)
+        y = _noise(tangent, ctx.seed, ctx.sigma, True, False, ctx.noise_dims, lift=False)
         return tangent.copy_(y) if ctx.inplace else y
 
     @staticmethod
     def vmap(info, in_dims: tuple, x, seed: int, sigma: float, multiply: bool, inplace: bool, noise_dims: int):
         def call(t: torch.Tensor, dims: int, shift: int) -> torch.Tensor:
-            return _noise(t, seed, sigma, multiply, inplace, dims)
+            return _noise(t, seed, sigma, multiply, inplace, dims, lift=False)
 
         return _vmap_rule(info, in_dims[0], x, noise_dims, inplace, call)
 
@@ -281,11 +287,12 @@ def _gaussian_noise(x: torch.Tensor, seed: int, sigma: float, noise_dims: int = 
 
 
 def _noise(
-    input: torch.Tensor, seed: int, sigma: float, multiply: bool, inplace: bool, noise_dims: int = -1
+    input: torch.Tensor, seed: int, sigma: float, multiply: bool, inplace: bool, noise_dims: int = -1, lift: bool = True
 ) -> torch.Tensor:
-    """The dispatch of :class:`_GaussianFn`, as :func:`_apply_mask` for the masked ops."""
+    """The dispatch of :class:`_GaussianFn`, as :func:`_apply_mask` for the masked ops (``lift`` likewise)."""
     if _transforming():
-        return _GaussianTransformFn.apply(_vmap_lift(input, inplace), seed, sigma, multiply, inplace, noise_dims)
+        x = _vmap_lift(input, inplace) if lift else input
+        return _GaussianTransformFn.apply(x, seed, sigma, multiply, inplace, noise_dims)
     if not multiply:  # x + σz: torch's own add, which autograd differentiates (and checks in place) as any add
         noise = _gaussian_noise(input, seed, sigma, noise_dims).to(input.dtype)
         return input.add_(noise) if inplace else input + noise
