@@ -293,7 +293,8 @@ def _wrapped(x: torch.Tensor) -> bool:
 
     A torch.func transform's wrapper, a batched grad (``torch.autograd.grad(..., is_grads_batched=True)``,
     gradcheck's ``check_batched_grad``), a tensor subclass that handles ops in ``__torch_dispatch__``
-    (``DTensor``, wrapper subclasses), or any tensor while a Python dispatch mode runs (:func:`_seen_by_mode`).
+    (wrapper subclasses such as torch's ``TwoTensor``), or any tensor while a Python dispatch mode runs
+    (:func:`_seen_by_mode`).
     False while torch traces: that check comes first, so dynamo never sees the pybind functions, which it
     cannot trace.
     """
