@@ -491,3 +491,12 @@ def test_gradients_under_vmap_different_reuse_the_forwards_masks(op):
         torch.full((4, 30), 2.0)
     )
     assert torch.allclose(torch.diagonal(jac, dim1=-2, dim2=-1) * 2.0, y)
+
+
+@pytest.mark.parametrize("op", [F.dropout, F.gaussian_dropout], ids=["dropout", "gaussian"])
+def test_nested_vmap_different_gives_every_outer_slice_its_own_draw(op):
+    """The inner vmap's rule re-dispatches the op's own call: the outer "different" level lifts it too."""
+    rows = torch.ones(3, 64)
+    inner = lambda _: torch.vmap(lambda r: op(r, 0.5, True), randomness="different")(rows)  # noqa: E731
+    y = torch.vmap(inner, randomness="different")(torch.arange(4))
+    assert y.shape == (4, 3, 64) and len({tuple(r.tolist()) for r in y.reshape(-1, 64)}) == 12

@@ -84,8 +84,22 @@ class _MaskedAffineTransformFn(_MaskedAffineFn):
     """:class:`_MaskedAffineFn` with forward-mode AD and a ``torch.vmap`` rule.
 
     For ``torch.func`` transforms and ``torch.autograd.forward_ad``; a separate class because dynamo cannot trace
-    a Function with a custom ``jvp``.
+    a Function with a custom ``jvp``. Its last input, ``lift``, is the call's (see :func:`_apply_mask`): the vmap
+    rule re-dispatches with it, so an op's own call may batch its input at each enclosing vmap level, and a
+    backward's or jvp's never does.
     """
+
+    @staticmethod
+    def forward(x: torch.Tensor, spec: MaskSpec, inplace: bool, lift: bool) -> torch.Tensor:  # type: ignore[override]
+        return _MaskedAffineFn.forward(x, spec, inplace)
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple, output: torch.Tensor) -> None:
+        _MaskedAffineFn.setup_context(ctx, inputs[:3], output)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:  # type: ignore[override]
+        return (*_MaskedAffineFn.backward(ctx, grad), None)
 
     @staticmethod
     def jvp(ctx, tangent: torch.Tensor, *_: None) -> torch.Tensor:  # type: ignore[override]
@@ -95,7 +109,9 @@ class _MaskedAffineTransformFn(_MaskedAffineFn):
         return tangent.copy_(y) if ctx.inplace else y
 
     @staticmethod
-    def vmap(info, in_dims: tuple, x: torch.Tensor, spec: MaskSpec, inplace: bool) -> tuple[torch.Tensor, int]:
+    def vmap(
+        info, in_dims: tuple, x: torch.Tensor, spec: MaskSpec, inplace: bool, lift: bool
+    ) -> tuple[torch.Tensor, int]:
         if info.randomness == "different" and spec.state is not None:
             raise NotImplementedError(
                 "dropkit: a DeviceGenerator under torch.vmap(randomness='different') would give the slices "
@@ -105,7 +121,7 @@ class _MaskedAffineTransformFn(_MaskedAffineFn):
 
         def call(t: torch.Tensor, mask_dims: int, shift: int) -> torch.Tensor:
             shard = tuple((d + shift, start, size) for d, start, size in spec.shard) if spec.shard else None
-            return _apply_mask(t, dataclasses.replace(spec, mask_dims=mask_dims, shard=shard), inplace, lift=False)
+            return _apply_mask(t, dataclasses.replace(spec, mask_dims=mask_dims, shard=shard), inplace, lift)
 
         return _vmap_rule(info, in_dims[0], x, spec.mask_dims, inplace, call)
 
@@ -156,8 +172,9 @@ def _vmap_lift(input: torch.Tensor, inplace: bool) -> torch.Tensor:
 def _apply_mask(input: torch.Tensor, spec: MaskSpec, inplace: bool = False, lift: bool = True) -> torch.Tensor:
     """Return ``input`` under ``spec`` (written into ``input`` when ``inplace``), differentiable when needed.
 
-    ``lift``: an op's own call, where :func:`_vmap_lift` may batch the input; ``False`` for the re-dispatches inside
-    the Functions' backward, jvp and vmap rule, which must reuse the forward's masks, not decide afresh.
+    ``lift``: an op's own call, where :func:`_vmap_lift` may batch the input (its vmap rule re-dispatches with it, so
+    each enclosing vmap level may); ``False`` for the re-dispatches inside the Functions' backward and jvp, which
+    must reuse the forward's masks, not decide afresh.
 
     Through an autograd Function when ``torch.compile``, a ``torch.func`` transform, forward-mode AD or autograd
     may see the call; straight to the kernel otherwise: inference skips the Function's bookkeeping, about a third
@@ -165,7 +182,7 @@ def _apply_mask(input: torch.Tensor, spec: MaskSpec, inplace: bool = False, lift
     """
     inplace = bool(inplace)
     if _transforming():
-        return _MaskedAffineTransformFn.apply(_vmap_lift(input, inplace) if lift else input, spec, inplace)
+        return _MaskedAffineTransformFn.apply(_vmap_lift(input, inplace) if lift else input, spec, inplace, lift)
     if _autograd_sees(input):
         return _function(_MaskedAffineFn, input, spec, inplace)
     if inplace:
@@ -246,6 +263,18 @@ class _GaussianTransformFn(_GaussianFn):
     """:class:`_GaussianFn` with forward-mode AD and a ``torch.vmap`` rule (see :class:`_MaskedAffineTransformFn`)."""
 
     @staticmethod
+    def forward(x, seed: int, sigma: float, multiply: bool, inplace: bool, noise_dims: int, lift: bool):  # type: ignore[override]
+        return _GaussianFn.forward(x, seed, sigma, multiply, inplace, noise_dims)
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple, output: torch.Tensor) -> None:
+        _GaussianFn.setup_context(ctx, inputs[:6], output)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        return (*_GaussianFn.backward(ctx, grad), None)
+
+    @staticmethod
     def jvp(ctx, tangent: torch.Tensor, *_: None) -> torch.Tensor:  # type: ignore[override]
         if not ctx.multiply:  # additive noise: the tangent passes through
             if not ctx.inplace:
@@ -256,9 +285,11 @@ class _GaussianTransformFn(_GaussianFn):
         return tangent.copy_(y) if ctx.inplace else y
 
     @staticmethod
-    def vmap(info, in_dims: tuple, x, seed: int, sigma: float, multiply: bool, inplace: bool, noise_dims: int):
+    def vmap(
+        info, in_dims: tuple, x, seed: int, sigma: float, multiply: bool, inplace: bool, noise_dims: int, lift: bool
+    ):
         def call(t: torch.Tensor, dims: int, shift: int) -> torch.Tensor:
-            return _noise(t, seed, sigma, multiply, inplace, dims, lift=False)
+            return _noise(t, seed, sigma, multiply, inplace, dims, lift)
 
         return _vmap_rule(info, in_dims[0], x, noise_dims, inplace, call)
 
@@ -292,7 +323,7 @@ def _noise(
     """The dispatch of :class:`_GaussianFn`, as :func:`_apply_mask` for the masked ops (``lift`` likewise)."""
     if _transforming():
         x = _vmap_lift(input, inplace) if lift else input
-        return _GaussianTransformFn.apply(x, seed, sigma, multiply, inplace, noise_dims)
+        return _GaussianTransformFn.apply(x, seed, sigma, multiply, inplace, noise_dims, lift)
     if not multiply:  # x + σz: torch's own add, which autograd differentiates (and checks in place) as any add
         noise = _gaussian_noise(input, seed, sigma, noise_dims).to(input.dtype)
         return input.add_(noise) if inplace else input + noise
