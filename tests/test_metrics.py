@@ -54,3 +54,21 @@ def test_metric_errors():
         metrics.ece(torch.ones(2, 2) / 2, torch.zeros(2, dtype=torch.long), bins=0)
     with pytest.raises(ValueError, match=r"^auroc: labels must contain both classes, but got 0 positives"):
         metrics.auroc(torch.rand(4), torch.zeros(4))
+
+
+def test_half_precision_sums_and_bad_inputs():
+    torch.manual_seed(0)
+    probs = torch.softmax(torch.randn(1000, 5), 1)
+    target = torch.randint(0, 5, (1000,))
+    reference = metrics.ece(probs.repeat(100, 1).double(), target.repeat(100), 10)[0]
+    for dtype in (torch.float16, torch.bfloat16):  # 100,000 rows: summed in half precision this drifted far
+        assert abs(metrics.ece(probs.repeat(100, 1).to(dtype), target.repeat(100), 10)[0] - reference) < 1e-2
+    with pytest.raises(ValueError, match=r"target must hold class indices in \[0, 5\), but got 0..7"):
+        metrics.ece(probs[:3], torch.tensor([0, 1, 7]))
+    with pytest.raises(ValueError, match="at least one prediction"):
+        metrics.nll(probs[:0], target[:0])
+    with pytest.raises(ValueError, match="must not be NaN"):
+        metrics.auroc(torch.tensor([0.1, float("nan"), 0.5, 0.7]), torch.tensor([0, 1, 0, 1]))
+    with pytest.raises(ValueError, match="labels must be 0 or 1"):
+        metrics.auroc(torch.tensor([0.1, 0.2, 0.5]), torch.tensor([0, 2, 1]))
+    assert metrics.auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == 0.75  # sequences too

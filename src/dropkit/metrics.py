@@ -16,10 +16,15 @@ __all__ = ["nll", "brier", "ece", "Reliability", "auroc"]
 def _check(op: str, probs: torch.Tensor, target: torch.Tensor) -> None:
     if not isinstance(probs, torch.Tensor) or probs.dim() != 2 or not probs.is_floating_point():
         raise ValueError(f"{op}: probs must be a floating-point tensor of shape (N, C), but got {_describe(probs)}.")
+    if probs.shape[0] == 0:
+        raise ValueError(f"{op}: probs must hold at least one prediction (N >= 1), but got shape {tuple(probs.shape)}.")
     if not isinstance(target, torch.Tensor) or target.shape != probs.shape[:1] or target.is_floating_point():
         raise ValueError(
             f"{op}: target must be an integer tensor of shape ({probs.shape[0]},), but got {_describe(target)}."
         )
+    low, high = int(target.min()), int(target.max())
+    if low < 0 or high >= probs.shape[1]:
+        raise ValueError(f"{op}: target must hold class indices in [0, {probs.shape[1]}), but got {low}..{high}.")
 
 
 def _describe(t: object) -> str:
@@ -77,6 +82,7 @@ def ece(probs: torch.Tensor, target: torch.Tensor, bins: int = 15) -> tuple[floa
     _check("ece", probs, target)
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
         raise ValueError(f"ece: bins must be an int >= 1, but got {bins!r}.")
+    probs = probs.double() if probs.dtype != torch.float64 else probs  # sums over N: half precision would drift
     confidence, predicted = probs.max(1)
     correct = (predicted == target.long()).to(probs.dtype)
     edges = torch.linspace(0, 1, bins + 1, dtype=probs.dtype)
@@ -101,9 +107,14 @@ def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
         >>> auroc(torch.tensor([0.1, 0.4, 0.35, 0.8]), torch.tensor([0, 0, 1, 1]))
         0.75
     """
+    scores, labels = torch.as_tensor(scores), torch.as_tensor(labels)
     if scores.shape != labels.shape or scores.dim() != 1:
         raise ValueError(f"auroc: scores and labels must be 1-D of the same length, but got {_describe(scores)} "
                          f"and {_describe(labels)}.")  # fmt: skip
+    if bool(torch.isnan(scores.double()).any()):
+        raise ValueError("auroc: scores must not be NaN, but got a NaN score (a sample with no defined uncertainty).")
+    if not bool(((labels == 0) | (labels == 1)).all()):
+        raise ValueError(f"auroc: labels must be 0 or 1, but got values {sorted(set(labels.tolist()))[:6]}.")
     positive = labels.bool()
     n_pos, n_neg = int(positive.sum()), int((~positive).sum())
     if n_pos == 0 or n_neg == 0:
