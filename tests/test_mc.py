@@ -1135,3 +1135,14 @@ def test_row_check_of_one_row_of_token_ids_uses_the_row_rolled():
     assert mc._rows_independent(model, ids)
     assert mc._two_rows(torch.full((1, 6), 7)) is None  # a constant row of ids: no valid different row, the loop
     assert torch.equal(mc._two_rows(torch.zeros(1, 3)), torch.tensor([[0.0, 0, 0], [1, 1, 1]]))
+
+
+def test_an_input_the_masks_cannot_change_is_not_an_inactive_model():
+    """Zero rows through an active dropout give equal samples: only a model that drew no mask is refused."""
+    model = nn.Sequential(nn.Dropout(0.5), nn.Linear(4, 3)).eval()
+    result = mc.predict(model, torch.zeros(3, 4), samples=5)
+    assert torch.allclose(result.mean, torch.softmax(model(torch.zeros(3, 4)), 1))
+    with pytest.raises(RuntimeError, match="all 5 MC samples are identical"):
+        mc.predict(nn.Sequential(nn.Linear(4, 3), nn.Dropout(0.0)).eval(), torch.randn(3, 4), samples=5)
+    with pytest.raises(ValueError, match=r"task='classification' needs logits of shape \(N, C\)"):
+        mc.predict(nn.Sequential(nn.Linear(4, 1), nn.Dropout(0.5), nn.Flatten(0)).eval(), torch.randn(3, 4), 5)

@@ -383,6 +383,7 @@ class _SampleStreams:
         self.site_seeds: list[int] = []
         self.t0, self.t, self.site = 0, 1, 0
         self.sizes: list[int] | None = None  #: when a list, every mask's number of draws is appended to it
+        self.drawn = 0  #: masks drawn through dropkit in this predict call (probes included)
 
     def _draw(self, x: torch.Tensor, mask_dims: int) -> tuple[int, int] | None:
         """The seed of a mask whose input holds the chunk's stacked rows, and the global row its rows start at.
@@ -395,6 +396,7 @@ class _SampleStreams:
         if self.sizes is not None:
             self.sizes.append(math.prod(x.shape[:mask_dims]))
         site, self.site = self.site, self.site + 1
+        self.drawn += 1
         return self._site_seed(site), self.t0 * self.rows
 
     def _site_seed(self, site: int) -> int:
@@ -412,6 +414,7 @@ class _SampleStreams:
         if self.sizes is not None:
             self.sizes.append(-1 if draws is None else draws)
         site, self.site = self.site, self.site + 1
+        self.drawn += 1
         return _mix(self.seed, site, self.t0 + 1)
 
     def repeated_dropout(self, h: torch.Tensor, t: int, p: float) -> torch.Tensor:
@@ -427,6 +430,7 @@ class _SampleStreams:
             return out
         spec = MaskSpec(self._site_seed(self.site), 0, dkF._threshold(p), 0.0 if p == 1.0 else 1.0 / (1.0 - p))
         self.site += 1
+        self.drawn += 1
         h = h.contiguous()
         if kernels.select(h) == "numba" and kernels._numba_takes(h.dtype):  # all copies in one parallel launch
             from .kernels import cpu
@@ -734,8 +738,11 @@ def _per_chunk(
 @torch.no_grad()
 def _draw(
     model: nn.Module, x: torch.Tensor, samples: int, max_rows: int, dims: tuple[int, int] | None, check: bool = True
-) -> torch.Tensor:
-    """Return ``samples`` stochastic outputs of ``model`` at ``x``, shape ``(T, *)`` (``*``: one output's shape).
+) -> tuple[torch.Tensor, bool]:
+    """Return ``samples`` stochastic outputs of ``model`` at ``x`` and whether dropkit drew any mask.
+
+    The outputs have shape ``(T, *)`` (``*``: one output's shape). The flag tells an inactive model from an input
+    the masks cannot change (a zero input gives equal samples from an active dropout).
 
     ``dims`` (from :func:`_stack_dims`): ``None`` for a loop of whole-model forwards, or the input dimension the
     samples stack in and the output dimension they come out in; ``check``: loop if a mask would be shared by
@@ -788,7 +795,7 @@ def _draw(
                     )
                 result = _store(result, out.unflatten(out_dim, (t, -1)).movedim(out_dim, 0), done, samples)
                 done += t
-        return result
+        return result, streams.drawn > 0
 
 
 def _store(result: torch.Tensor | None, out: torch.Tensor, start: int, samples: int) -> torch.Tensor:
@@ -854,7 +861,8 @@ def predict(
     buffer would give the stacked samples one shared mask. ``True`` stacks in dimension 0 regardless (the
     caller vouches for the rows); ``False`` runs a Python loop of whole-model forwards (deterministic torch
     layers on the input still computed once, bit for bit the plain forward's outputs). Calls from several
-    threads run one at a time (the seeding and the models' mode switches are process-wide).
+    threads run one at a time (the seeding and the models' mode switches are process-wide). The samples are
+    drawn under ``torch.no_grad()``: the result carries no autograd graph.
 
     Args:
         model: Any ``nn.Module`` with a stochastic path (see :class:`mc_dropout`).
@@ -906,14 +914,19 @@ def predict(
                 torch.manual_seed(seed)
             elif seed is not None:  # not torch.manual_seed: it would queue a seed for CUDA's start, kept after
                 torch.default_generator.manual_seed(seed)
-            outputs = _draw(model, x, samples, max_rows, dims, check=vectorize == "auto")
-    if samples > 1 and bool((outputs == outputs[:1]).all()):
+            outputs, drew = _draw(model, x, samples, max_rows, dims, check=vectorize == "auto")
+    if samples > 1 and not drew and bool((outputs == outputs[:1]).all()):  # masks drawn: a zero input may give these
         raise RuntimeError(
             f"{op}: all {samples} MC samples are identical: no stochastic path was active in "
             f"{type(model).__name__} (is its dropout rate 0?)."
         )
     if task == "regression":
         return MCResult.from_regression(outputs, tau, keep_samples)
+    if outputs.dim() < 3:
+        raise ValueError(
+            f"{op}: task='classification' needs logits of shape (N, C) from the model, but it returned shape "
+            f"{tuple(outputs.shape[1:])}; use task='regression' for one value per row."
+        )
     return MCResult.from_probabilities(torch.softmax(outputs, dim=2), keep_samples)
 
 
