@@ -118,3 +118,14 @@ def test_swap_dropout_keeps_identity_hooks_attributes_and_shared_modules():
     root = nn.Dropout2d(0.3)  # a model that is itself a dropout layer
     assert surgery.swap_dropout(root) is root and type(root) is dnn.Dropout2d
     assert repr(root) == "Dropout2d(p=0.3, inplace=False)"
+
+
+def test_fold_classic_leaves_shared_layers_alone_and_says_so():
+    shared = nn.Linear(3, 3)
+    model = nn.Sequential(dnn.Dropout(0.5, mode="classic"), shared, dnn.Dropout(0.5, mode="classic"), shared).eval()
+    x = torch.randn(2, 3)
+    before = model(x)
+    with pytest.warns(UserWarning, match=r"left classic dropout at \['0', '2'\]") as record:
+        assert surgery.fold_classic(model) == []
+    assert record[0].filename == __file__
+    assert torch.equal(model(x), before)  # folding the shared weight twice (or once) would have changed this

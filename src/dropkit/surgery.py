@@ -13,6 +13,7 @@ r"""Model surgery: find, swap, re-rate and convert the dropout layers of any tor
 from __future__ import annotations
 
 import fnmatch
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -153,7 +154,9 @@ def fold_classic(model: nn.Module) -> list[str]:
     Conv or Bilinear layer, that layer's ``weight`` is multiplied by :math:`1 - p` (bias untouched) and the
     dropout switches to ``mode="inverted"``. Eval outputs are equal before and after (up to float rounding of
     the product), and training draws the same distribution. Classic dropout with no such successor is left
-    as it is (and not listed).
+    as it is (and not listed); so is one whose successor's weight, or the dropout itself, is used elsewhere in
+    the model (a layer shared by two paths, tied weights), where folding would change the other use: a
+    ``UserWarning`` names those.
 
     Example:
         >>> model = nn.Sequential(dnn.Dropout(0.5, mode="classic"), nn.Linear(3, 2)).eval()
@@ -164,14 +167,25 @@ def fold_classic(model: nn.Module) -> list[str]:
         >>> torch.allclose(model(x), before), model[0].mode
         (True, 'inverted')
     """
-    folded = []
+    uses = Counter(id(t) for _, t in model.named_parameters(remove_duplicate=False))
+    uses.update(id(m) for _, m in model.named_modules(remove_duplicate=False))
+    folded, shared = [], []
     for name, module in model.named_modules():
         if not isinstance(module, nn.Sequential):
             continue
-        children = list(module.named_children())
+        children = list(module._modules.items())  # a child listed twice stays twice, unlike named_children()
         for (child_name, child), (_, successor) in zip(children, children[1:], strict=False):
             if getattr(child, "mode", None) == "classic" and isinstance(successor, _FOLDABLE):
+                path = f"{name}.{child_name}" if name else child_name
+                if uses[id(successor.weight)] > 1 or uses[id(child)] > 1:
+                    shared.append(path)
+                    continue
                 successor.weight.mul_(1.0 - child.p)
                 child.mode = "inverted"
-                folded.append(f"{name}.{child_name}" if name else child_name)
+                folded.append(path)
+    if shared:
+        _validate.warn(
+            f"fold_classic: left classic dropout at {shared!r} as it is: the next layer's weight or the dropout "
+            "itself is used elsewhere in the model, where folding would change the other use."
+        )
     return folded
