@@ -170,3 +170,9 @@ def test_scheduled_rate_takes_effect_in_forward():
     assert torch.equal(model(x), x)  # rate 0 before the cutoff
     sched.step()
     assert (model(x) == 0).any()
+
+
+def test_scheduler_refuses_p_1_for_gaussian_dropout_as_set_p_does():
+    model = nn.Sequential(nn.Linear(3, 3), dnn.GaussianDropout(0.3))
+    with pytest.raises(ValueError, match=r"DropoutScheduler: p must be in \[0, 1\), but got 1.0"):
+        DropoutScheduler(model, p=1.0)

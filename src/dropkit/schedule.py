@@ -34,6 +34,7 @@ from fractions import Fraction
 from torch import nn
 
 from . import _validate
+from . import nn as dnn
 from .mc import _is_stochastic
 
 __all__ = ["DropoutScheduler", "SCHEDULES", "dropout_layers", "apply_presets", "widen"]
@@ -171,6 +172,9 @@ class DropoutScheduler:
                 if fnmatch.fnmatchcase(path, pattern):
                     own[path] = rate
                     break
+        for path, module in self.layers:  # Gaussian dropout's variance p / (1 - p) is infinite at p = 1, as in set_p
+            if isinstance(module, dnn.GaussianDropout):
+                own[path] = _validate.probability(op, own[path], allow_one=False)
         return own
 
     def factor(self, step: int | None = None) -> float:
