@@ -343,3 +343,22 @@ def test_dispatch_modes_see_the_ops_and_fake_tensors_pass():
     with FakeTensorMode():
         fake = dnn.Dropout2d(0.5).train()(torch.ones(2, 3, 4, 4))
         assert fake.shape == (2, 3, 4, 4)
+
+
+@pytest.mark.parametrize("layout", [torch.strided, torch.jagged], ids=["strided", "jagged"])
+def test_nested_tensors_take_elementwise_dropout_like_torch(layout):
+    """torch's test_nestedtensor.py::test_dropout: p=0 is the input, p=1 zeros, else a nested result."""
+    a, b = torch.randn(2, 3), torch.randn(4, 3)
+    nested = torch.nested.as_nested_tensor([a, b], layout=layout)
+    assert F.dropout(nested, 0.0) is nested and F.dropout(nested, 0.5, training=False) is nested
+    assert all(torch.equal(t, torch.zeros_like(t)) for t in F.dropout(nested, 1.0).unbind())
+    y = F.dropout(nested, 0.5, seed=3)
+    assert y.is_nested and y.layout == layout
+    flat = torch.cat([t.reshape(-1) for t in y.unbind()])  # the mask the concatenated components get
+    assert torch.equal(flat, F.dropout(torch.cat([a.reshape(-1), b.reshape(-1)]), 0.5, seed=3))
+    assert dnn.Dropout(0.5)(nested).is_nested
+    with pytest.raises(ValueError, match="element-wise dropout"):
+        F.dropout2d(torch.nested.as_nested_tensor([torch.randn(2, 3, 4)], layout=layout), 0.5)
+    for op in (F.alpha_dropout, F.gaussian_dropout):  # a clear error, not an internal one
+        with pytest.raises(ValueError, match="element-wise dropout"):
+            op(nested, 0.5, True)

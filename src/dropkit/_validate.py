@@ -91,6 +91,12 @@ def tensor_input(op: str, x: object, training: bool, p: float = 1.0) -> None:
         raise _fail(op, "input", "a floating-point tensor in training", x.dtype, TypeError)
 
 
+def not_nested(op: str, x: torch.Tensor) -> None:
+    """Raise ``ShapeError`` for a nested tensor: only element-wise ``dropout`` takes them."""
+    if x.is_nested:
+        raise ShapeError(f"{op}: nested tensors take element-wise dropout() only; unbind() them for {op}.")
+
+
 def seed_source(op: str, seed: object, generator: object, device_generator: bool = True) -> None:
     """Check ``seed`` (an int in ``[0, 2^64)``) and ``generator``; at most one may be set.
 

@@ -452,11 +452,32 @@ def _masked(
     _validate.tensor_input(op, input, training or classic_eval, 1.0 if classic_eval else p)
     if classic_eval:  # test-time weight scaling: E[train output] = (1 - p) x
         return input.mul_(1.0 - p) if inplace else input * (1.0 - p)
-    if not training or p == 0.0 or input.numel() == 0:
+    if not training or p == 0.0:
+        return input
+    if input.is_nested:
+        return _nested(op, input, p, inplace, mode, seed, generator, mask_dims)
+    if input.numel() == 0:
         return input
     scale = 0.0 if p == 1.0 else (1.0 / (1.0 - p) if mode == "inverted" else 1.0)
     spec = _spec(input, seed, generator, p, scale, mask_dims=mask_dims)
     return _apply_mask(input, spec, inplace)
+
+
+def _nested(op, input, p, inplace, mode, seed, generator, mask_dims) -> torch.Tensor:
+    """Element-wise dropout of a nested tensor (strided or jagged), as torch's ``F.dropout`` takes them.
+
+    One mask over the components' elements laid end to end (component order, row-major), so a seed gives the
+    mask the concatenated components would get; differentiable, and the result has the input's layout.
+    """
+    if mask_dims >= 0:
+        raise _validate.ShapeError(f"{op}: a nested tensor takes element-wise dropout() only, not channel masks.")
+    if inplace:
+        raise ValueError(f"{op}: inplace=True is not supported for nested tensors; use inplace=False.")
+    parts = input.unbind()
+    flat = torch.cat([part.reshape(-1) for part in parts])
+    out = _masked(op, flat, p, True, False, mode, seed, generator, -1).split([part.numel() for part in parts])
+    pieces = [o.view_as(part) for o, part in zip(out, parts, strict=True)]
+    return torch.nested.as_nested_tensor(pieces, layout=input.layout)
 
 
 @overridable
@@ -659,6 +680,7 @@ def _alpha(
     _validate.tensor_input(op, input, training, p)
     if not training or p == 0.0 or input.numel() == 0:
         return input
+    _validate.not_nested(op, input)
     if p == 1.0:  # every unit dropped: no mask to shape, any rank (as torch)
         spec = _spec(input, seed, generator, p, 0.0)
     else:
@@ -793,6 +815,7 @@ def gaussian_dropout(
     _validate.tensor_input("gaussian_dropout", input, training)
     if not training or p == 0.0 or input.numel() == 0:
         return input
+    _validate.not_nested("gaussian_dropout", input)
     return _noise(input, _seed(seed, generator, input.numel()), math.sqrt(p / (1.0 - p)), True, bool(inplace))
 
 
@@ -829,6 +852,7 @@ def gaussian_noise(
     _validate.tensor_input("gaussian_noise", input, training)
     if not training or stddev == 0.0 or input.numel() == 0:
         return input
+    _validate.not_nested("gaussian_noise", input)
     return _noise(input, _seed(seed, generator, input.numel()), stddev, False, bool(inplace))
 
 
