@@ -121,3 +121,13 @@ def test_noise_shape_compiles_fullgraph_with_the_eager_masks():
         return F.dropout(x, 0.3, noise_shape=(1, None, None, 1), seed=4) * 2
 
     assert torch.equal(torch.compile(fn, fullgraph=True)(x), fn(x))
+
+
+@pytest.mark.parametrize("noise_shape", [(None, 1, None), (20, 1, 10)], ids=["dynamic", "static"])
+def test_alpha_dropout_partial_noise_shape(noise_shape):
+    """Keras' alpha_dropout_test: with noise_shape (N, 1, F) every step of a sequence gets the same mask."""
+    x = torch.ones(20, 5, 10)
+    module = dnn.AlphaDropout(0.5, noise_shape=noise_shape)
+    for out in (module(x), F.alpha_dropout(x, 0.5, True, noise_shape=noise_shape)):
+        assert all(torch.equal(out[:, 0, :], out[:, t, :]) for t in range(1, 5))
+        assert not torch.equal(out[:, :, 0], out[:, :, 1])  # the features still draw their own masks

@@ -538,21 +538,32 @@ def dropout(
         Srivastava et al., "Dropout: A Simple Way to Prevent Neural Networks from Overfitting", JMLR 2014.
     """
     p = _checked("dropout", p, keep, seed, generator)
+
+    def masked(t: torch.Tensor, mask_dims: int) -> torch.Tensor:
+        return _masked("dropout", t, p, training, inplace, mode, seed, generator, mask_dims=mask_dims)
+
+    return _noise_shaped("dropout", input, noise_shape, inplace, masked)
+
+
+def _noise_shaped(op: str, input: torch.Tensor, noise_shape, inplace: bool, masked) -> torch.Tensor:
+    """Run ``masked(tensor, mask_dims)`` with the mask Keras' ``noise_shape`` describes (``None``: element-wise).
+
+    The mask covers the dimensions with their own draws; moving the shared ones last makes it a channel mask
+    over the leading dimensions, whose flat index is the flat index into ``noise_shape``.
+    """
     if noise_shape is None:
-        return _masked("dropout", input, p, training, inplace, mode, seed, generator, mask_dims=-1)
-    _validate.tensor_input("dropout", input, False)
+        return masked(input, -1)
+    _validate.tensor_input(op, input, False)
     shape = tuple(input.shape)
-    noise = _validate.noise_shape("dropout", noise_shape, shape)
-    # the mask covers the dimensions with their own draws; moving the shared ones last makes it a channel mask
-    # over the leading dimensions, whose flat index is the flat index into noise_shape
+    noise = _validate.noise_shape(op, noise_shape, shape)
     own = [d for d in range(len(shape)) if noise[d] == shape[d]]
     perm = own + [d for d in range(len(shape)) if noise[d] != shape[d]]
     if len(own) == len(shape):
-        return _masked("dropout", input, p, training, inplace, mode, seed, generator, mask_dims=-1)
+        return masked(input, -1)
     if perm == sorted(perm):
-        return _masked("dropout", input, p, training, inplace, mode, seed, generator, mask_dims=len(own))
+        return masked(input, len(own))
     view = input.permute(perm)
-    y = _masked("dropout", view, p, training, inplace, mode, seed, generator, mask_dims=len(own))
+    y = masked(view, len(own))
     return input if inplace or y is view else y.permute(sorted(range(len(perm)), key=perm.__getitem__))
 
 
@@ -700,6 +711,7 @@ def alpha_dropout(
     inplace: bool = False,
     *,
     keep: float | None = None,
+    noise_shape: tuple[int | None, ...] | None = None,
     seed: int | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
@@ -716,6 +728,8 @@ def alpha_dropout(
         training: Apply alpha dropout if ``True``. Default: ``False`` (as torch).
         inplace: Modify ``input`` in place. Default: ``False``.
         keep: Keep probability, an alternative to ``p``. Default: ``None``.
+        noise_shape: Shape of the mask, broadcast over ``input``, as for :func:`dropout` (Keras' ``AlphaDropout``
+            ``noise_shape``). Default: ``None`` (one draw per element).
         seed: Explicit 64-bit seed. Default: ``None``.
         generator: Generator to draw the seed from. Default: torch's global CPU generator.
 
@@ -729,7 +743,11 @@ def alpha_dropout(
     References:
         Klambauer et al., "Self-Normalizing Neural Networks", NeurIPS 2017, https://arxiv.org/abs/1706.02515
     """
-    return _alpha("alpha_dropout", input, p, training, inplace, keep, seed, generator, mask_dims=-1)
+
+    def masked(t: torch.Tensor, mask_dims: int) -> torch.Tensor:
+        return _alpha("alpha_dropout", t, p, training, inplace, keep, seed, generator, mask_dims=mask_dims)
+
+    return _noise_shaped("alpha_dropout", input, noise_shape, inplace, masked)
 
 
 @overridable

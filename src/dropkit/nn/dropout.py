@@ -92,7 +92,34 @@ class _DropIn(_SeededMixin):
         return f"p={self.p}, inplace={self.inplace}" + self._extras()
 
 
-class Dropout(_DropIn, nn.Dropout):
+class _NoiseShaped(_DropIn):
+    """A twin whose functional takes Keras' ``noise_shape`` (element-wise dropout and alpha dropout)."""
+
+    def __init__(
+        self,
+        p: float = 0.5,
+        inplace: bool = False,
+        *,
+        mode: str = "inverted",
+        keep: float | None = None,
+        noise_shape: tuple[int | None, ...] | None = None,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(p, inplace, mode=mode, keep=keep, seed=seed, generator=generator)
+        self.noise_shape = _validate.noise_shape_arg(type(self).__name__, noise_shape)
+
+    noise_shape: tuple[int | None, ...] | None = None  # the default of a torch module switched to this class
+
+    def _options(self) -> dict:
+        return {**super()._options(), "noise_shape": self.noise_shape}
+
+    def extra_repr(self) -> str:
+        """Describe the hyperparameters, as torch's module does (plus dropkit's extras)."""
+        return super().extra_repr() + ("" if self.noise_shape is None else f", noise_shape={self.noise_shape}")
+
+
+class Dropout(_NoiseShaped, nn.Dropout):
     """Zero elements with probability ``p`` in training. See :func:`dropkit.functional.dropout`.
 
     Drop-in for ``torch.nn.Dropout`` (and an instance of it).
@@ -116,29 +143,6 @@ class Dropout(_DropIn, nn.Dropout):
     """
 
     _functional = staticmethod(F.dropout)
-
-    def __init__(
-        self,
-        p: float = 0.5,
-        inplace: bool = False,
-        *,
-        mode: str = "inverted",
-        keep: float | None = None,
-        noise_shape: tuple[int | None, ...] | None = None,
-        seed: int | None = None,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__(p, inplace, mode=mode, keep=keep, seed=seed, generator=generator)
-        self.noise_shape = _validate.noise_shape_arg("Dropout", noise_shape)
-
-    noise_shape: tuple[int | None, ...] | None = None  # the default of a torch Dropout switched to this class
-
-    def _options(self) -> dict:
-        return {**super()._options(), "noise_shape": self.noise_shape}
-
-    def extra_repr(self) -> str:
-        """Describe the hyperparameters, as torch's ``Dropout`` does (plus dropkit's extras)."""
-        return super().extra_repr() + ("" if self.noise_shape is None else f", noise_shape={self.noise_shape}")
 
 
 class Dropout1d(_DropIn, nn.Dropout1d):
@@ -204,7 +208,7 @@ class Dropout3d(_DropIn, nn.Dropout3d):
     _functional = staticmethod(F.dropout3d)
 
 
-class AlphaDropout(_DropIn, nn.AlphaDropout):
+class AlphaDropout(_NoiseShaped, nn.AlphaDropout):
     """Alpha dropout for SELU networks. See :func:`dropkit.functional.alpha_dropout`.
 
     Args:
@@ -212,6 +216,8 @@ class AlphaDropout(_DropIn, nn.AlphaDropout):
         inplace: Stored and shown, not applied: torch's module ignores it too (its forward never passes it on),
             so a swapped model keeps its input. Default: ``False``.
         keep: Keep probability, an alternative to ``p`` (keyword-only). Default: ``None``.
+        noise_shape: Shape of the mask, broadcast over the input (Keras' ``AlphaDropout`` ``noise_shape``;
+            keyword-only), as for :class:`Dropout`. Default: ``None``.
         seed: Seed of the module's own generator: reproducible, advancing masks (keyword-only).
         generator: A generator to draw seeds from (keyword-only). Default: torch's global CPU generator.
 
