@@ -359,6 +359,8 @@ def test_nested_tensors_take_elementwise_dropout_like_torch(layout):
     assert dnn.Dropout(0.5)(nested).is_nested
     with pytest.raises(ValueError, match="element-wise dropout"):
         F.dropout2d(torch.nested.as_nested_tensor([torch.randn(2, 3, 4)], layout=layout), 0.5)
-    for op in (F.alpha_dropout, F.gaussian_dropout):  # a clear error, not an internal one
+    for op in (F.alpha_dropout, F.gaussian_dropout, F.drop_path):  # a clear error, not an internal one
         with pytest.raises(ValueError, match="element-wise dropout"):
             op(nested, 0.5, True)
+    with pytest.raises(ValueError, match="bias_dropout_add: nested tensors take element-wise dropout"):
+        F.bias_dropout_add(nested, None, nested, 0.5, True)

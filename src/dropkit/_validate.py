@@ -80,21 +80,20 @@ def nonnegative(op: str, name: str, value: object) -> float:
     return number
 
 
-def tensor_input(op: str, x: object, training: bool, p: float = 1.0) -> None:
+def tensor_input(op: str, x: object, training: bool, p: float = 1.0, nested: bool = False) -> None:
     """Check that ``x`` is a tensor, and a floating-point or complex one when it will be transformed.
 
-    It is not at ``p = 0`` or when empty: there the input comes back as it is, of any dtype, as in torch.
+    It is not at ``p = 0`` or when empty: there the input comes back as it is, of any dtype, as in torch. A
+    nested tensor that will be transformed is refused unless the op takes them (``nested``: element-wise
+    ``dropout``).
     """
     if not isinstance(x, torch.Tensor):
         raise _fail(op, "input", "a torch.Tensor", type(x).__name__, TypeError)
-    if training and p > 0.0 and x.numel() > 0 and not (x.is_floating_point() or x.is_complex()):
-        raise _fail(op, "input", "a floating-point tensor in training", x.dtype, TypeError)
-
-
-def not_nested(op: str, x: torch.Tensor) -> None:
-    """Raise ``ShapeError`` for a nested tensor: only element-wise ``dropout`` takes them."""
-    if x.is_nested:
-        raise ShapeError(f"{op}: nested tensors take element-wise dropout() only; unbind() them for {op}.")
+    if training and p > 0.0 and x.numel() > 0:
+        if not (x.is_floating_point() or x.is_complex()):
+            raise _fail(op, "input", "a floating-point tensor in training", x.dtype, TypeError)
+        if x.is_nested and not nested:
+            raise ShapeError(f"{op}: nested tensors take element-wise dropout() only; unbind() them for {op}.")
 
 
 def seed_source(op: str, seed: object, generator: object, device_generator: bool = True) -> None:

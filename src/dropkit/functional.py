@@ -449,7 +449,8 @@ def _masked(
     _validate.choice(op, "mode", mode, MODES)
     training = bool(training) or _forced_training
     classic_eval = not training and mode == "classic" and p > 0
-    _validate.tensor_input(op, input, training or classic_eval, 1.0 if classic_eval else p)
+    nested = mask_dims < 0 or classic_eval  # element-wise dropout takes nested tensors (as does its eval scaling)
+    _validate.tensor_input(op, input, training or classic_eval, 1.0 if classic_eval else p, nested)
     if classic_eval:  # test-time weight scaling: E[train output] = (1 - p) x
         return input.mul_(1.0 - p) if inplace else input * (1.0 - p)
     if not training or p == 0.0:
@@ -466,11 +467,11 @@ def _masked(
 def _nested(op, input, p, inplace, mode, seed, generator, mask_dims) -> torch.Tensor:
     """Element-wise dropout of a nested tensor (strided or jagged), as torch's ``F.dropout`` takes them.
 
+    Channel ops never get here: :func:`dropkit._validate.tensor_input` refuses nested tensors but for ``dropout``.
+
     One mask over the components' elements laid end to end (component order, row-major), so a seed gives the
     mask the concatenated components would get; differentiable, and the result has the input's layout.
     """
-    if mask_dims >= 0:
-        raise _validate.ShapeError(f"{op}: a nested tensor takes element-wise dropout() only, not channel masks.")
     if inplace:
         raise ValueError(f"{op}: inplace=True is not supported for nested tensors; use inplace=False.")
     parts = input.unbind()
@@ -691,7 +692,6 @@ def _alpha(
     _validate.tensor_input(op, input, training, p)
     if not training or p == 0.0 or input.numel() == 0:
         return input
-    _validate.not_nested(op, input)
     if p == 1.0:  # every unit dropped: no mask to shape, any rank (as torch)
         spec = _spec(input, seed, generator, p, 0.0)
     else:
@@ -833,7 +833,6 @@ def gaussian_dropout(
     _validate.tensor_input("gaussian_dropout", input, training)
     if not training or p == 0.0 or input.numel() == 0:
         return input
-    _validate.not_nested("gaussian_dropout", input)
     return _noise(input, _seed(seed, generator, input.numel()), math.sqrt(p / (1.0 - p)), True, bool(inplace))
 
 
@@ -870,7 +869,6 @@ def gaussian_noise(
     _validate.tensor_input("gaussian_noise", input, training)
     if not training or stddev == 0.0 or input.numel() == 0:
         return input
-    _validate.not_nested("gaussian_noise", input)
     return _noise(input, _seed(seed, generator, input.numel()), stddev, False, bool(inplace))
 
 
