@@ -1384,11 +1384,12 @@ def drop_connect_linear(
     n = rows.shape[0]
     if rows.numel() == 0:
         return torch.nn.functional.linear(input, weight, bias)
+    by_sample = rows.reshape(n, -1, rows.shape[-1])  # (N, L, in)
     if _transforming():  # torch.func: the N masked copies through the transform-aware op (memory O(N W) there)
         masked = _masked_weight(weight, seed, 0, p, n)  # sample i's mask at offset i * W.numel(), as in the Function
-        y = torch.bmm(rows.reshape(n, -1, rows.shape[-1]), masked.transpose(1, 2))
+        y = torch.bmm(by_sample, masked.transpose(1, 2))
     else:
-        y = _PerSampleLinearFn.apply(rows.reshape(n, -1, rows.shape[-1]), weight, seed, p)  # (N, L, out)
+        y = _PerSampleLinearFn.apply(by_sample, weight, seed, p)  # (N, L, out)
     b = bias
     if bias is not None and drop_bias:
         b = _masked_weight(bias, seed, n * weight.numel(), p, n)

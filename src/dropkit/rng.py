@@ -321,15 +321,26 @@ def draw_seed(generator: torch.Generator | None = None) -> int:
         return int(torch.randint(0, 2**63 - 1, (), generator=generator, device=device))
 
 
+def _seen_by_mode() -> bool:
+    """Whether a Python dispatch mode sees torch's ops now.
+
+    ``make_fx`` (``torch.func.linearize``), a fake-tensor mode, a user's ``TorchDispatchMode`` (FLOP counters,
+    loggers). The numba kernels write straight into memory, unseen by it (a traced graph would replay an empty
+    tensor): :mod:`dropkit.kernels` takes torch ops then, and seeds are drawn with the modes off. False while
+    dynamo traces (it cannot trace the check; its graphs hold dropkit's custom ops, which such modes see).
+    """
+    return not torch.compiler.is_compiling() and torch._C._dispatch_tls_is_dispatch_key_included(
+        torch._C.DispatchKey.Python
+    )
+
+
 def _outside_dispatch_modes() -> contextlib.AbstractContextManager:
     """The context of a seed draw: Python dispatch modes off, if any runs.
 
     Under ``make_fx`` (``torch.func.linearize``) or a fake-tensor mode the draw would be a traced tensor, which
     has no value to read; the seed is then a constant of the trace.
     """
-    if torch.compiler.is_compiling():
-        return contextlib.nullcontext()
-    if not torch._C._dispatch_tls_is_dispatch_key_included(torch._C.DispatchKey.Python):
+    if not _seen_by_mode():
         return contextlib.nullcontext()
     from torch.utils._python_dispatch import _disable_current_modes
 

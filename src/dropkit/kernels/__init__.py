@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..rng import _seen_by_mode
 from .reference import keep_mask_ref, masked_affine_ref
 
 __all__ = ["MaskSpec", "apply", "keep_mask", "backend", "select", "use_backend"]
@@ -294,7 +295,7 @@ def _wrapped(x: torch.Tensor) -> bool:
     A torch.func transform's wrapper, a batched grad (``torch.autograd.grad(..., is_grads_batched=True)``,
     gradcheck's ``check_batched_grad``), a tensor subclass that handles ops in ``__torch_dispatch__``
     (wrapper subclasses such as torch's ``TwoTensor``), or any tensor while a Python dispatch mode runs
-    (:func:`_seen_by_mode`).
+    (:func:`dropkit.rng._seen_by_mode`).
     False while torch traces: that check comes first, so dynamo never sees the pybind functions, which it
     cannot trace.
     """
@@ -303,19 +304,6 @@ def _wrapped(x: torch.Tensor) -> bool:
         or torch._C._functorch.is_legacy_batchedtensor(x)
         or type(x).__torch_dispatch__ is not torch._C._disabled_torch_dispatch_impl
         or _seen_by_mode()
-    )
-
-
-def _seen_by_mode() -> bool:
-    """Whether a Python dispatch mode sees torch's ops now.
-
-    ``make_fx`` (``torch.func.linearize``), a fake-tensor mode, a user's ``TorchDispatchMode`` (FLOP counters,
-    loggers). The numba kernels write straight into memory, unseen by it (a traced graph would replay an empty
-    tensor): torch ops then. False while dynamo traces (it cannot trace the check; its graphs hold dropkit's
-    custom ops, which such modes see).
-    """
-    return not torch.compiler.is_compiling() and torch._C._dispatch_tls_is_dispatch_key_included(
-        torch._C.DispatchKey.Python
     )
 
 
