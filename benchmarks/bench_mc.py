@@ -12,10 +12,12 @@ A. The reference case: a 784-1024-1024-10 ReLU MLP (``nn.Sequential``) with ``to
    - ``floor``: the same stacked forward with the dropout layers removed and the deterministic prefix (first
      Linear + ReLU) computed once on ``x`` before repeating: the compute floor of any MC sampler;
    - ``dropkit``: ``dropkit.mc.predict(model, x, samples=T)`` on the model in eval mode (it also computes the
-     summary statistics of its ``MCResult``: mean, entropies, mutual information, votes).
+     summary statistics of its ``MCResult``: mean, entropies, mutual information, votes);
+   - ``copy``: the plain copy, ``dst.copy_(src)`` of every dropout module's input, T times its size, in buffers
+     allocated once: the memory traffic of reading and writing each dropout site's activations once per sample.
 
-   Reported: median ms per call, loop/dropkit (target >= 3x), dropkit/floor (target <= 1.25x) and
-   stacked-torch/dropkit, each with its per-round min, max and spread.
+   Reported: median ms per call, loop/dropkit (target >= 3x), dropkit/floor (target <= 1.25x),
+   stacked-torch/dropkit and dropkit/copy, each with its per-round min, max and spread.
 
 B. "Never slower than the loop": models where ``predict`` cannot use the ``Sequential`` prefix, or must fall back
    to a Python loop, T = 30 each:
@@ -33,8 +35,8 @@ B. "Never slower than the loop": models where ``predict`` cannot use the ``Seque
    - ``lstm-seq-first``: the same with ``batch_first=False`` on (16, 32, 32) inputs: dimension 0 is time (stacking
      there would join the samples' sequences), so ``predict`` stacks the samples in dimension 1, beside the rows.
 
-   Contenders: ``loop`` and ``dropkit`` (plus ``stacked-torch`` where stacking is valid, for reference).
-   Reported: loop/dropkit per model (target >= 1, within noise).
+   Contenders: ``loop``, ``dropkit`` and ``copy`` (plus ``stacked-torch`` where stacking is valid, for reference).
+   Reported: loop/dropkit per model (target >= 1, within noise) and dropkit/copy.
 
 How it times (shared, sometimes throttled machines): the house style of ``bench_cpu.py``. Every contender is
 warmed up first, then the contenders of a case run interleaved in rounds, each round running every contender once
@@ -107,14 +109,16 @@ _ms, _x, _spread, _first_line, _log, NOISY = _cpu._ms, _cpu._x, _cpu._spread, _c
 
 P = 0.5
 MLP_SIZES = (784, 1024, 1024, 10)
-A_CONTENDERS = ("loop", "stacked-torch", "floor", "dropkit")
-B_CONTENDERS = ("loop", "stacked-torch", "dropkit")
+A_CONTENDERS = ("loop", "stacked-torch", "floor", "dropkit", "copy")
+B_CONTENDERS = ("loop", "stacked-torch", "dropkit", "copy")
 #: (numerator, denominator, target) of case A; target is (">=" | "<=", value) or None.
 A_RATIOS: tuple[tuple[str, str, tuple[str, float] | None], ...] = (
     ("loop", "dropkit", (">=", 3.0)),
     ("dropkit", "floor", ("<=", 1.25)),
     ("stacked-torch", "dropkit", None),
     ("loop", "floor", None),
+    ("dropkit", "copy", None),
+    ("floor", "copy", None),
 )
 #: ``--steady-heap``: glibc keeps freed memory (every block below 32 MB from the heap, no trimming below 512 MB)
 #: instead of unmapping it and faulting it in again on the next forward (what jemalloc or tcmalloc also give).
@@ -360,6 +364,44 @@ def floor_call(model: nn.Sequential, x: torch.Tensor, samples: int) -> Callable[
     return run
 
 
+def dropout_inputs(model: nn.Module, x: torch.Tensor) -> list[torch.Size]:
+    """Input shapes of ``model``'s dropout modules in one training-mode forward at ``x`` (modes restored after).
+
+    Training mode, because that is where every dropout layer runs (an eval ``TransformerEncoderLayer`` takes a fused
+    path past its dropout modules). Dropout inside a torch op (``nn.LSTM``'s between layers, attention dropout in
+    ``scaled_dot_product_attention``) is not a module and not counted.
+    """
+    shapes: list[torch.Size] = []
+    sites = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+    hooks = [m.register_forward_hook(lambda _m, args, _out: shapes.append(args[0].shape)) for m in sites]
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.train()
+        with torch.no_grad():
+            model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for m, mode in modes:
+            m.training = mode
+    return shapes
+
+
+def copy_call(model: nn.Module, x: torch.Tensor, samples: int) -> Callable[[], list[torch.Tensor]]:
+    """The plain copy: ``dst.copy_(src)`` of every dropout module's input, ``samples`` times its size.
+
+    The memory traffic of reading and writing each dropout site's activations once per sample, the least any MC
+    sampler moves through its dropout layers, in buffers allocated once (no page faults): the bandwidth yardstick
+    that ``bench_cpu.py``'s copy is for one dropout call.
+    """
+    pairs = [(torch.randn(samples * s.numel()), torch.empty(samples * s.numel())) for s in dropout_inputs(model, x)]
+
+    def run() -> list[torch.Tensor]:
+        return [dst.copy_(src) for src, dst in pairs]
+
+    return run
+
+
 def dropkit_call(model: nn.Module, x: torch.Tensor, samples: int) -> Callable[[], dmc.MCResult]:
     """``dropkit.mc.predict`` with its defaults (classification summary, ``vectorize="auto"``)."""
 
@@ -383,6 +425,7 @@ def bench_reference(cfg: Config) -> dict[str, Any]:
         "stacked-torch": stacked_call(model, x, t),
         "floor": floor_call(model, x, t),
         "dropkit": dropkit_call(model, x, t),
+        "copy": copy_call(model, x, t),
     }
     start = time.perf_counter()
     timing = interleaved(calls, cfg)
@@ -431,6 +474,7 @@ def bench_fallbacks(cfg: Config) -> list[dict[str, Any]]:
         if stackable:
             calls["stacked-torch"] = stacked_call(model, x, t)
         calls["dropkit"] = dropkit_call(model, x, t)
+        calls["copy"] = copy_call(model, x, t)
         path = predict_path(model, x, t)
         start = time.perf_counter()
         timing = interleaved(calls, cfg)
@@ -497,11 +541,12 @@ def fallback_table(results: list[dict[str, Any]]) -> Table:
         stacked = _ms(t.median("stacked-torch")) if "stacked-torch" in t.times or "stacked-torch" in t.errors else "n/a"
         rows.append(
             [r["name"], "x".join(map(str, r["input"])), str(r["samples"]), r["path"], _ms(t.median("loop")), stacked,
-             _ms(t.median("dropkit")), _x(stat), _range(stat), _spread(stat), _b_met(stat),
-             f"{_faults(t, 'loop')} / {_faults(t, 'dropkit')}"]
+             _ms(t.median("dropkit")), _x(stat), _range(stat), _spread(stat), _b_met(stat), _ms(t.median("copy")),
+             _x(t.ratio("dropkit", "copy")), f"{_faults(t, 'loop')} / {_faults(t, 'dropkit')}"]
         )  # fmt: skip
     header = ["model", "input", "T", "predict path", "loop ms", "stacked-torch ms", "dropkit ms", "loop/dropkit",
-              "per-round range", "spread", "dropkit never slower", "page faults loop / dropkit"]  # fmt: skip
+              "per-round range", "spread", "dropkit never slower", "copy ms", "dropkit/copy",
+              "page faults loop / dropkit"]  # fmt: skip
     note = "; ".join(f"{r['name']}: {r['model']}" for r in results) + "."
     return Table("B. Models without the Sequential prefix trick: loop vs dropkit", header, rows, note)
 
@@ -524,7 +569,9 @@ _LEGEND = (
     "Times: median over rounds of milliseconds per call (every contender returns softmax probabilities of all T "
     "samples; dropkit also returns MCResult's summary statistics). Ratios: median of per-round ratios (a/b > 1: a "
     "is slower); loop/dropkit is dropkit's speedup, dropkit/floor its overhead over the no-dropout stacked forward "
-    f"with the prefix computed once. spread: (max - min) / median of that per-round ratio; '!' above {NOISY:.0%}."
+    "with the prefix computed once, dropkit/copy its time in copies of its dropout sites' activations (T times "
+    "each dropout module's input, read and written once). spread: (max - min) / median of that per-round ratio; "
+    f"'!' above {NOISY:.0%}."
 )
 
 

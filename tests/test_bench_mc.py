@@ -27,7 +27,7 @@ def test_bench_mc_quick_runs_every_case(tmp_path, capsys):
     assert ref["samples"] == 5 and ref["path"] == "stacked 5 per forward, prefix once"
     timing = ref["timing"]
     assert timing.errors == {}
-    assert set(timing.times) == {"loop", "stacked-torch", "floor", "dropkit"}
+    assert set(timing.times) == {"loop", "stacked-torch", "floor", "dropkit", "copy"}
     for times in timing.times.values():
         assert len(times) == 2 and all(t > 0 for t in times)
     for num, den, _ in module.A_RATIOS:
@@ -42,21 +42,23 @@ def test_bench_mc_quick_runs_every_case(tmp_path, capsys):
     for r in fallbacks.values():
         t = r["timing"]
         assert t.errors == {}
-        assert {"loop", "dropkit"} <= set(t.times)
+        assert {"loop", "dropkit", "copy"} <= set(t.times)
+        assert t.ratio("dropkit", "copy")["median"] > 0
         assert all(x > 0 for times in t.times.values() for x in times)
         assert t.ratio("loop", "dropkit")["median"] > 0
     assert "stacked-torch" not in fallbacks["bn-train"]["timing"].times
     assert "stacked-torch" not in fallbacks["lstm-seq-first"]["timing"].times
 
     text = capsys.readouterr().out
-    assert "loop/dropkit" in text and "dropkit/floor" in text
+    assert "loop/dropkit" in text and "dropkit/floor" in text and "dropkit/copy" in text
     md = out.read_text()
     assert md.startswith("## MC-dropout sampling speed") and md.count("|") > 40
     dumped = json.loads(raw.read_text())
     assert dumped["config"]["rounds"] == 2
-    assert set(dumped["reference"]["timing"]["seconds_per_call"]) == {"loop", "stacked-torch", "floor", "dropkit"}
+    contenders = {"loop", "stacked-torch", "floor", "dropkit", "copy"}
+    assert set(dumped["reference"]["timing"]["seconds_per_call"]) == contenders
     faults = dumped["reference"]["timing"]["minor_faults_per_call"]
-    assert set(faults) == {"loop", "stacked-torch", "floor", "dropkit"} and all(len(f) == 2 for f in faults.values())
+    assert set(faults) == contenders and all(len(f) == 2 for f in faults.values())
     assert "page faults per call" in md and "allocator: glibc defaults" in md
 
 
@@ -97,3 +99,17 @@ def test_contenders_draw_probabilities_of_the_same_shape():
     assert not model.training  # the baselines restore the mode they found
     result = module.dropkit_call(model, x, 3)()
     assert result.mean.shape == (4, module.MLP_SIZES[-1])
+
+
+def test_copy_moves_every_dropout_modules_input_t_times():
+    module = _load()
+    model = module.SmallTransformer(16).eval()  # eval would take the fused path past the dropout modules
+    x = module.torch.randn(2, 3, 16)
+    shapes = module.dropout_inputs(model, x)
+    # the layer's three dropout modules: attention output, feed-forward hidden, feed-forward output
+    assert sorted(s.numel() for s in shapes) == [2 * 3 * 16, 2 * 3 * 16, 2 * 3 * 64]
+    assert not any(m.training for m in model.modules())  # modes restored
+    copied = module.copy_call(model, x, 5)()
+    assert sorted(c.numel() for c in copied) == [5 * 2 * 3 * 16, 5 * 2 * 3 * 16, 5 * 2 * 3 * 64]
+    mlp = module.mlp().eval()
+    assert [c.numel() for c in module.copy_call(mlp, module.torch.randn(4, 784), 3)()] == [3 * 4 * 1024] * 2
