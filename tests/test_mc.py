@@ -1146,3 +1146,38 @@ def test_an_input_the_masks_cannot_change_is_not_an_inactive_model():
         mc.predict(nn.Sequential(nn.Linear(4, 3), nn.Dropout(0.0)).eval(), torch.randn(3, 4), samples=5)
     with pytest.raises(ValueError, match=r"task='classification' needs logits of shape \(N, C\)"):
         mc.predict(nn.Sequential(nn.Linear(4, 1), nn.Dropout(0.5), nn.Flatten(0)).eval(), torch.randn(3, 4), 5)
+
+
+_HEAP_PROBE = """
+import ctypes, sys, torch
+from torch import nn
+from dropkit import mc
+libc = ctypes.CDLL(None)
+if not hasattr(libc, "mallinfo2"):
+    sys.exit(3)
+class Info(ctypes.Structure):
+    names = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+    _fields_ = [(n, ctypes.c_size_t) for n in names.split()]
+libc.mallinfo2.restype = Info
+if sys.argv[1] == "predict":  # chunks of 4 x 8 x 32768 fp32 temporaries: 4 MB
+    model = nn.Sequential(nn.Linear(4, 32768), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32768, 2)).eval()
+    mc.predict(model, torch.randn(8, 4), samples=8)
+before = libc.mallinfo2().hblkhd
+block = torch.empty(7 << 20, dtype=torch.uint8)  # a chunk temporary's size and then some
+print(int(libc.mallinfo2().hblkhd > before))  # 1: glibc mapped it afresh (its pages faulted in on first touch)
+"""
+
+
+@pytest.mark.parametrize("call", ["predict", "nothing"])
+def test_predict_readies_glibcs_heap_for_its_chunks(call):
+    # A 7 MB block, just above a chunk's 4 MB temporaries, comes from glibc's heap once predict has run (its
+    # thresholds raised to twice the chunk's temporaries, _settle_heap); in a process that ran nothing it is
+    # mapped afresh. A fresh interpreter for each, since the thresholds are process-wide and only rise.
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", _HEAP_PROBE, call], capture_output=True, text=True, timeout=300)
+    if run.returncode == 3:
+        pytest.skip("not glibc (no mallinfo2): _settle_heap is a plain allocation there")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split()[-1] == ("0" if call == "predict" else "1")

@@ -344,6 +344,10 @@ ACTIVATION_BUDGET = 1 << 20
 #: in chunks of 2 (0.31-0.39 s in chunks of 4).
 STACK_AT_LEAST = 4
 
+#: glibc's ceiling for its dynamic mmap threshold (``DEFAULT_MMAP_THRESHOLD_MAX`` on 64-bit systems).
+_GLIBC_MMAP_THRESHOLD_MAX = 32 << 20
+_heap_settled = 0  #: largest block :func:`_settle_heap` has freed in this process, bytes
+
 _MASK64 = (1 << 64) - 1
 
 
@@ -686,6 +690,27 @@ def _widest_activation(module: nn.Module, row: torch.Tensor) -> int:
     return max(sizes)
 
 
+def _settle_heap(nbytes: int) -> None:
+    """Let glibc keep a chunk's CPU temporaries (``nbytes`` each at most) in its heap: free an untouched 2x block.
+
+    glibc serves a block above its mmap threshold with a fresh mapping, and gives its heap top back to the kernel
+    above the trim threshold. Both start low (128 KB) and rise with the largest mapped block freed so far (the
+    trim threshold to twice it), up to 32 MB. Left to themselves, a chunk's temporaries of W bytes raise them to
+    W and 2W only, so the three or four of them a chunk holds at once are trimmed when it ends and faulted in
+    again, page by page, by the next: 26k faults per call in bench_mc's case A, 15-25 % of its time. One block of
+    2W, allocated without touching a page and freed before the chunks, raises the thresholds to 2W and 4W. That
+    is what freeing any 2W tensor does in a torch program; the rise is process-wide and permanent, so it is done
+    once per size. The freed memory glibc then keeps for reuse is bounded (measured: a loop of 16 MB tensors
+    settles at 8 of them held free, with or without this). Elsewhere (other allocators) it is a harmless
+    allocation and free.
+    """
+    global _heap_settled
+    size = min(2 * nbytes, _GLIBC_MMAP_THRESHOLD_MAX)
+    if size > _heap_settled:
+        torch.empty(size, dtype=torch.uint8)  # allocated and freed at once, never written: no page is faulted
+        _heap_settled = size
+
+
 def samples_per_chunk(widest: int, rows: int, samples: int, max_rows: int, cpu: bool = True) -> int:
     """How many samples :func:`predict` stacks per forward: ``1`` is the Python loop (prefix still reused).
 
@@ -719,12 +744,15 @@ def _per_chunk(
     included, see :class:`mc_dropout`) must draw twice as many elements. A dropout applied to something
     without the samples' rows (a weight, an embedding table, a positional buffer later broadcast over the
     batch), or with a mask shared along ``dim`` (``noise_shape=(1, F)``), draws one mask that every stacked
-    sample would share, where the loop draws one per sample; the eval-mode row check cannot see it.
+    sample would share, where the loop draws one per sample; the eval-mode row check cannot see it. On the CPU
+    it also readies glibc's heap for chunks of that size (:func:`_settle_heap`).
     """
     try:
         with streams.chunk(0, 1), streams.recording() as one:  # a one-row probe (its output dropped)
             widest = _widest_activation(rest, row) * rows
             per_chunk = samples_per_chunk(widest, rows, samples, max_rows, cpu=row.device.type == "cpu")
+        if row.device.type == "cpu":
+            _settle_heap(per_chunk * widest * row.element_size())
         if check and per_chunk > 1:
             with streams.chunk(0, 2), streams.recording() as two:
                 rest(_repeat(row, 2, dim))
