@@ -8,6 +8,7 @@ RNG state being restored and gives wrong gradients with ``preserve_rng_state=Fal
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import pytest
@@ -17,6 +18,8 @@ from torch.utils.checkpoint import checkpoint
 
 import dropkit.nn as dnn
 from dropkit import functional as F
+from dropkit import rng as dkrng
+from dropkit.consistent import frozen_masks
 
 
 class Block(nn.Module):
@@ -136,3 +139,115 @@ def test_selective_activation_checkpointing_under_compile():
     # different mask would change gradients by O(1) (scale 1/(1-p) on kept units, 0 on dropped ones)
     for a, b in zip([eager[0], *eager[1]], [got[0], *got[1]], strict=True):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+class Nested(nn.Module):
+    """A checkpointed block inside a checkpointed region, with a draw before it: the outer recomputation reruns the
+    inner checkpoint call, which must get the forward's masks as well."""
+
+    def __init__(self, reentrant: bool, preserve: bool) -> None:
+        super().__init__()
+        self.inner, self.drop = Block(dnn.Dropout), dnn.Dropout(0.5)
+        self.kwargs = {"use_reentrant": reentrant, "preserve_rng_state": preserve}
+        self.checkpointed = True
+
+    def forward(self, x):
+        h = self.drop(x)
+        h = checkpoint(self.inner, h, **self.kwargs) if self.checkpointed else self.inner(h)
+        return h.sin()  # saves the inner region's output
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+@pytest.mark.parametrize("preserve", [True, False])
+def test_nested_checkpoints_replay_the_forwards_masks(reentrant, preserve):
+    torch.manual_seed(0)
+    model, x = Nested(reentrant, preserve), torch.randn(8, 12)
+    model.checkpointed = False
+    plain = _grads(model, x, _plain)
+    model.checkpointed = True
+    assert _equal(plain, _grads(model, x, _checkpointed(reentrant, preserve)))
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+@pytest.mark.parametrize("context", ["parallel", "shard"])
+def test_recomputation_after_the_rank_or_shard_block_closed(reentrant, context):
+    # the usual training step: forward inside the block, backward after it; the recomputation must use the rank
+    # mixing and shard of the forward, not the (closed) blocks at backward time
+    def open_block():
+        return dkrng.parallel(data_parallel_rank=1) if context == "parallel" else dkrng.shard(0, 4, 8)
+
+    def grads(checkpointed):
+        torch.manual_seed(0)
+        block, x = Block(dnn.Dropout), torch.randn(4, 12, requires_grad=True)
+        with open_block():
+            y = checkpoint(block, x, use_reentrant=reentrant, preserve_rng_state=False) if checkpointed else block(x)
+        (y * torch.arange(y.numel()).reshape(y.shape)).sum().backward()
+        return x.grad
+
+    assert torch.equal(grads(False), grads(True))
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_frozen_masks_of_a_block_checkpointed_twice(reentrant):
+    # one block applied twice (weight sharing): its two calls are two sites with two masks, also when recomputed
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.5), nn.Tanh())
+            self.checkpointed = True
+
+        def forward(self, x):
+            for _ in range(2):
+                x = checkpoint(self.block, x, use_reentrant=reentrant) if self.checkpointed else self.block(x)
+            return x
+
+    torch.manual_seed(0)
+    model, x0 = Shared(), torch.randn(4, 8)
+
+    def grads():
+        x = x0.clone().requires_grad_(True)
+        with frozen_masks(model, seed=3):
+            model(x).sin().sum().backward()
+        return x.grad
+
+    model.checkpointed = False
+    plain = grads()
+    model.checkpointed = True
+    assert torch.equal(plain, grads())
+
+
+def test_device_generator_draws_replay_and_mix_the_rank():
+    x0 = torch.randn(4, 64)
+
+    def grads(checkpointed, rank=None):
+        gen = dkrng.DeviceGenerator(4, device="cpu")
+        x = x0.clone().requires_grad_(True)
+        f = lambda t: F.dropout(t, 0.5, generator=gen).sin()  # noqa: E731
+        with dkrng.parallel(rank) if rank is not None else contextlib.nullcontext():
+            y = checkpoint(f, x, use_reentrant=False) if checkpointed else f(x)
+        y.sum().backward()
+        return x.grad
+
+    assert torch.equal(grads(False), grads(True))  # the recomputation replays the forward's state
+    assert torch.equal(grads(False, 1), grads(True, 1))
+    # data-parallel ranks draw different masks from one DeviceGenerator seed, as from a torch.Generator
+    assert not torch.equal(grads(False, 0), grads(False, 1))
+    assert torch.equal(grads(False, 0), grads(False, 0))
+
+
+def test_saved_tensor_hooks_inside_the_region_do_not_hide_it():
+    # save_on_cpu pushes its own hooks over the region's; the draws are still recorded and replayed
+    def grads(checkpointed):
+        torch.manual_seed(0)
+        x = torch.randn(4, 64, requires_grad=True)
+
+        def f(t):
+            with torch.autograd.graph.save_on_cpu():
+                return F.dropout(t, 0.5).sin()
+
+        y = checkpoint(f, x, use_reentrant=False, preserve_rng_state=False) if checkpointed else f(x)
+        torch.randn(10)
+        y.sum().backward()
+        return x.grad
+
+    assert torch.equal(grads(False), grads(True))

@@ -363,7 +363,7 @@ _seed_override = None  # set by dropkit.consistent.frozen_masks: a callable givi
 _sample_hook = None
 
 
-def _seed(seed: int | None, generator: torch.Generator | None, draws: int | None = None) -> int:
+def _seed(seed: int | None, generator: torch.Generator | None, draws: int | None = None, regions=None) -> int:
     """Return the call's seed: ``seed`` itself, or one drawn from ``generator`` (torch's CPU generator if ``None``).
 
     ``draws``: how many random values the call draws from it when they follow the input's rows (one per row,
@@ -372,11 +372,11 @@ def _seed(seed: int | None, generator: torch.Generator | None, draws: int | None
 
     Drawn seeds go through :func:`dropkit.rng.draw_seed_mixed`: replayed when ``torch.utils.checkpoint``
     recomputes, rank-mixed under :func:`dropkit.rng.parallel`, and a 0-d int64 tensor drawn by a custom op
-    while torch traces (the same value eager draws).
+    while torch traces (the same value eager draws). ``regions``: the checkpoint regions, if the caller has them.
     """
     if seed is None and _seed_override is not None:  # frozen masks: one fixed seed per call site; MC's streams
-        return _seed_override(draws)
-    return int(seed) if seed is not None else rng.draw_seed_mixed(generator)
+        return rng.replayed(lambda: _seed_override(draws), regions)  # a recomputed region keeps its forward's sites
+    return int(seed) if seed is not None else rng._draw_seed_mixed(generator, regions)
 
 
 def _spec(
@@ -398,7 +398,10 @@ def _spec(
             offset = draw[1] * math.prod(input.shape[1:k]) if k > 0 else 0
             return MaskSpec(draw[0], offset, threshold, scale, bias, fill, mask_dims, p=traced_p)
     shards: dict[int, tuple[int, int, int]] = {}
-    for part in rng.current_shards():  # global element indices of a shard (dropkit.rng.shard); inner wins per dim
+    # global element indices of a shard (dropkit.rng.shard; inner wins per dim), as the forward saw them when
+    # torch.utils.checkpoint recomputes after the block has closed
+    regions = None if torch.compiler.is_compiling() else rng._checkpoint_regions()
+    for part in rng.replayed(rng.current_shards, regions):
         dim = _validate.shard_fits("shard", tuple(input.shape), part.dim, part.start, part.size)
         shards[dim] = (dim, part.start, part.size)
     shard = tuple(shards[d] for d in sorted(shards)) or None
@@ -407,10 +410,10 @@ def _spec(
         for dim, _, size in shard or ():
             if dim < len(shape):
                 shape[dim] = size  # advance past the global tensor's mask
-        state = generator.draw(math.prod(shape))
+        state = rng.replayed(lambda: rng.mixed_state(generator.draw(math.prod(shape))), regions)
         state = state.to(input.device)
         return MaskSpec(0, 0, threshold, scale, bias, fill, mask_dims, state=state, shard=shard, p=traced_p)
-    seed = _seed(seed, generator, math.prod(input.shape[:k]))
+    seed = _seed(seed, generator, math.prod(input.shape[:k]), regions)
     return MaskSpec(seed, 0, threshold, scale, bias, fill, mask_dims, shard=shard, p=traced_p)
 
 

@@ -540,20 +540,41 @@ def mix_rank(seed, rank: int):
 def draw_seed_mixed(generator: torch.Generator | None = None):
     """Draw a seed as ops do: replayed under checkpoint recomputation, traceable under ``torch.compile``, rank-mixed.
 
-    Returns an int in eager mode and a 0-d int64 tensor while torch traces.
+    Returns an int in eager mode and a 0-d int64 tensor while torch traces. The rank mixing happens before the
+    seed goes on the checkpoint tape (:func:`replayed`), so a region recomputed after its :func:`parallel`
+    block has closed gets the seeds its forward used.
 
     Example:
         >>> a = draw_seed_mixed(torch.Generator().manual_seed(0))
         >>> isinstance(a, int), a == draw_seed_mixed(torch.Generator().manual_seed(0))
         (True, True)
     """
+    return _draw_seed_mixed(generator)
+
+
+def _draw_seed_mixed(generator: torch.Generator | None, regions: list | None = None):
+    """:func:`draw_seed_mixed`, with the checkpoint regions around the call if the caller has found them."""
     if torch.compiler.is_compiling():
         from .kernels import ops
 
         seed = ops.draw_seed(generator)
-    else:
-        seed = _tape_draw(generator)
+        return mix_rank(seed, _dp_rank[-1]) if _dp_rank else seed
+    return replayed(lambda: _mixed(draw_seed(generator)), regions)
+
+
+def _mixed(seed):
     return mix_rank(seed, _dp_rank[-1]) if _dp_rank else seed
+
+
+def mixed_state(state: torch.Tensor) -> torch.Tensor:
+    """A :class:`DeviceGenerator` draw ``(seed, offset)`` with its seed rank-mixed as :func:`draw_seed_mixed` mixes.
+
+    On the tensor's device (no host sync: CUDA-graph safe); ``state`` itself when no :func:`parallel` block is open.
+    """
+    if not _dp_rank:
+        return state
+    key = ((_dp_rank[-1] + 1) * _RANK_MIX) & (2**63 - 1)
+    return torch.cat((state[:1].bitwise_xor(key), state[1:]))
 
 
 #: The generators dropkit modules own (``seed=``), by ``id``, while their module lives. Compiled code finds
@@ -577,7 +598,7 @@ def _own_generator(
     return own
 
 
-# --- the seed tape: torch.utils.checkpoint recomputation replays the seeds the original forward drew ----------
+# --- the tape: torch.utils.checkpoint recomputation replays what the original forward drew ------------------
 
 _tapes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _cursors: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -591,65 +612,103 @@ def _closure(fn, name: str):
     return fn.__closure__[code.co_freevars.index(name)].cell_contents
 
 
-def _checkpoint_region() -> tuple[object, object] | None:
-    """Return ``(region, replay)`` for the innermost ``torch.utils.checkpoint`` region, or ``None`` outside one.
-
-    ``region`` identifies the checkpointed call (weak-referenceable); ``replay`` is ``None`` during the
-    original forward and a key of the recomputation (one per backward pass) while it recomputes.
-    """
-    hooks = torch._C._autograd._top_saved_tensors_default_hooks(False)
-    if hooks is not None:  # non-reentrant checkpoint: its saved-tensor hooks name the frame
-        name = getattr(getattr(hooks[0], "__wrapped__", hooks[0]), "__qualname__", "")
-        if name.startswith("_checkpoint_hook."):
-            frame = _closure(hooks[0], "frame")
-            return (frame, None) if frame is not None else None
-        if name.startswith("_recomputation_hook."):
-            ref, gid = _closure(hooks[0], "target_frame_ref"), _closure(hooks[0], "gid")
-            frame = ref() if ref is not None else None
-            return (frame, ("gid", gid)) if frame is not None else None
-    # reentrant checkpoint runs its forward under no_grad and recomputes inside backward: walk the stack only then
-    if not _reentrant_codes or (torch.is_grad_enabled() and torch._C._current_graph_task_id() == -1):
-        return None
-    frame = sys._getframe(2)
-    while frame is not None:  # reentrant checkpoint: CheckpointFunction.forward / .backward hold the same ctx
-        kind = _reentrant_codes.get(frame.f_code)
-        if kind is not None:
-            ctx = frame.f_locals.get("ctx")
-            return (ctx, None if kind == "forward" else ("frame", id(frame))) if ctx is not None else None
-        frame = frame.f_back
-    return None
-
-
-def _reentrant() -> dict:
+def _region_codes() -> dict:
+    """The code objects of ``torch.utils.checkpoint``'s frames that open a region, by what they do."""
     try:
-        from torch.utils.checkpoint import CheckpointFunction
-    except ImportError:  # pragma: no cover - torch without reentrant checkpointing
+        from torch.utils import checkpoint as ckpt
+    except ImportError:  # pragma: no cover - torch without checkpointing
         return {}
-    return {CheckpointFunction.forward.__code__: "forward", CheckpointFunction.backward.__code__: "backward"}
+    codes = {
+        ckpt.CheckpointFunction.forward.__code__: "forward",  # reentrant: the original forward (under no_grad)
+        ckpt.CheckpointFunction.backward.__code__: "backward",  # reentrant: the recomputation
+    }
+    entry = getattr(ckpt.checkpoint, "__wrapped__", ckpt.checkpoint)  # non-reentrant: the original forward ...
+    codes[entry.__code__] = "enter"
+    hook = getattr(ckpt, "_checkpoint_hook", None)  # ... and its recomputation, run by the unpack hook
+    for const in getattr(getattr(hook, "__init__", None), "__code__", None).co_consts if hook else ():
+        if getattr(const, "co_name", None) == "unpack_hook":
+            codes[const] = "recompute"
+    return codes
 
 
-_reentrant_codes = _reentrant()
+_REGION_CODES = _region_codes()
 
 
-def _tape_draw(generator: torch.Generator | None) -> int:
-    region = _checkpoint_region()
-    if region is None:
-        return draw_seed(generator)
-    key, replay = region
-    try:
-        tape = _tapes.setdefault(key, [])
-    except TypeError:  # not weak-referenceable: no tape
-        return draw_seed(generator)
-    if replay is None:
-        seed = draw_seed(generator)
-        tape.append(seed)
-        return seed
-    cursors = _cursors.setdefault(key, {})
-    position = cursors.get(replay, 0)
-    cursors[replay] = position + 1
-    if position < len(tape):
-        return tape[position]
-    return draw_seed(generator)  # more draws than the original forward made: nothing to replay
+def _checkpoint_regions() -> list[tuple[object, object]]:
+    """The ``torch.utils.checkpoint`` regions around this call, innermost first, as ``(region, replay)``.
+
+    ``region`` identifies one checkpointed call (its ``_CheckpointFrame``, or the reentrant ``ctx``), weakly
+    referenceable; ``replay`` is ``None`` in the original forward, else a key of the recomputation (one per
+    backward pass). Nested regions matter: while an outer region recomputes, an inner ``checkpoint`` call runs
+    its "original" forward again and must get the outer forward's draws. Cheap outside any region (a look at the
+    saved-tensor hooks and the grad mode); inside one, a walk up the Python stack.
+    """
+    # a non-reentrant region pushes saved-tensor hooks (another pushed inside it, save_on_cpu, hides them); a
+    # reentrant one runs its forward under no_grad and recomputes inside backward: walk the stack only then
+    hooked = torch._C._autograd._top_saved_tensors_default_hooks(False) is not None
+    if not hooked and torch.is_grad_enabled() and torch._C._current_graph_task_id() == -1:
+        return []
+    regions: list[tuple[object, object]] = []
+    frame = sys._getframe(2)
+    while frame is not None:
+        kind = _REGION_CODES.get(frame.f_code)
+        if kind is not None:
+            found = frame.f_locals
+            if kind == "forward" or kind == "backward":
+                region = (found.get("ctx"), None if kind == "forward" else ("frame", id(frame)))
+            elif kind == "recompute":
+                region = (found.get("frame"), ("gid", found.get("gid")))
+            else:  # checkpoint() itself: non-reentrant when it holds the region's generator
+                gen = found.get("gen")
+                code = getattr(gen, "gi_frame", None)
+                region = (code.f_locals.get("new_frame") if code is not None else None, None)
+            if region[0] is not None:
+                regions.append(region)
+        frame = frame.f_back
+    return regions
+
+
+def replayed(draw, regions: list | None = None):
+    """Return ``draw()``; while ``torch.utils.checkpoint`` recomputes a region, what it returned in the forward.
+
+    Every random choice an op makes goes through here (drawn seeds, frozen-mask seeds, ``DeviceGenerator``
+    states, the :func:`shard` declarations in force), so a recomputed region draws the masks its forward drew,
+    whatever ``preserve_rng_state`` says and whichever :func:`parallel` / :func:`shard` blocks are still open,
+    and without advancing any generator (the generators end where an uncheckpointed run leaves them). In the
+    original forward each value is recorded on the tape of every region around the call; in a recomputation
+    it comes from the tape of the innermost region being recomputed (regions inside it record it in turn, for
+    their own recomputation later). A recomputation that draws more than the forward did draws afresh.
+    ``regions``: :func:`_checkpoint_regions`, when the caller has them already (one look per op).
+    """
+    if torch.compiler.is_compiling():
+        return draw()
+    if regions is None:
+        regions = _checkpoint_regions()
+    if not regions:
+        return draw()
+    recording: list[object] = []
+    value, found = None, False
+    for region, replay in regions:
+        if replay is None:
+            recording.append(region)
+            continue
+        try:
+            tape, cursors = _tapes.get(region, []), _cursors.setdefault(region, {})
+        except TypeError:  # not weak-referenceable: no tape
+            break
+        position = cursors.get(replay, 0)
+        cursors[replay] = position + 1
+        if position < len(tape):
+            value, found = tape[position], True
+        break
+    if not found:
+        value = draw()
+    for region in recording:
+        try:
+            _tapes.setdefault(region, []).append(value)
+        except TypeError:  # not weak-referenceable: no tape
+            pass
+    return value
 
 
 # --- checkpointable RNG position -------------------------------------------------------------------------------
