@@ -364,3 +364,41 @@ def test_nested_tensors_take_elementwise_dropout_like_torch(layout):
             op(nested, 0.5, True)
     with pytest.raises(ValueError, match="bias_dropout_add: nested tensors take element-wise dropout"):
         F.bias_dropout_add(nested, None, nested, 0.5, True)
+
+
+def _refused_inplace_inputs():
+    def no_grad_view():
+        base = torch.ones(3, 4, requires_grad=True).clone()
+        with torch.no_grad():
+            return base[0]
+
+    return {
+        "leaf": lambda: torch.nn.Parameter(torch.ones(3, 4)),
+        "view of a leaf": lambda: torch.nn.Parameter(torch.ones(3, 4))[0],
+        "view made under no_grad": no_grad_view,
+        "output of unbind": lambda: torch.ones(3, 4, requires_grad=True).clone().unbind(0)[0],
+    }
+
+
+@pytest.mark.parametrize("case", list(_refused_inplace_inputs()))
+@pytest.mark.parametrize(
+    "op",
+    [
+        lambda t, **kw: F.dropout(t, 0.5, inplace=True, **kw),
+        lambda t, **kw: F.alpha_dropout(t, 0.5, True, inplace=True, **kw),
+        lambda t, **kw: F.gaussian_dropout(t, 0.5, inplace=True, **kw),
+        lambda t, **kw: dnn.Dropout(0.5, inplace=True)(t),
+    ],
+    ids=["dropout", "alpha_dropout", "gaussian_dropout", "Dropout module"],
+)
+def test_a_refused_inplace_call_leaves_the_tensor_untouched(case, op):
+    # torch refuses these in-place edits before writing; so must dropkit (its Functions' own check comes after)
+    make = _refused_inplace_inputs()[case]
+    with pytest.raises(RuntimeError) as torch_error:
+        torch.nn.functional.dropout(make(), 0.5, inplace=True)
+    t = make()
+    before = t.detach().clone()
+    with pytest.raises(RuntimeError) as ours:
+        op(t)
+    assert torch.equal(t.detach(), before)
+    assert str(ours.value).split(".")[0] == str(torch_error.value).split(".")[0]  # torch's own message

@@ -181,12 +181,13 @@ def _apply_mask(input: torch.Tensor, spec: MaskSpec, inplace: bool = False, lift
     of a mid-size CPU call's time (an in-place call then bumps the version counter itself).
     """
     inplace = bool(inplace)
+    if inplace:
+        _check_inplace(input)
     if _transforming():
         return _MaskedAffineTransformFn.apply(_vmap_lift(input, inplace) if lift else input, spec, inplace, lift)
     if _autograd_sees(input):
         return _function(_MaskedAffineFn, input, spec, inplace)
     if inplace:
-        _check_inplace(input)
         kernels.apply(input, spec, out=input)
         torch.autograd.graph.increment_version(input)  # the kernel's raw write does not
         return input
@@ -208,12 +209,27 @@ def _function(fn: type[torch.autograd.Function], *args: object) -> torch.Tensor:
 
 
 def _check_inplace(input: torch.Tensor) -> None:
-    """Refuse what torch refuses of an in-place op outside autograd: editing an inference tensor outside it."""
+    """Refuse what torch refuses of an in-place op, before anything is written, with torch's own message.
+
+    Editing an inference tensor outside inference mode; under autograd, a leaf that requires grad, a view of one,
+    and views autograd cannot rebase (made under ``no_grad``, in inference mode, or one of several outputs such as
+    ``unbind``'s). The autograd Functions' own check (``mark_dirty``) comes after their forward has written the
+    mask into the tensor. For the autograd cases torch's check is run on ``input.mul_(1)``, which raises before
+    writing (and where it would not, writes ``x * 1``, which is ``x`` bit for bit).
+    """
     if input.is_inference() and not torch.is_inference_mode_enabled():
         raise RuntimeError(
             "Inplace update to inference tensor outside InferenceMode is not allowed. You can make a clone to get "
             "a normal tensor before doing inplace update. See https://github.com/pytorch/rfcs/pull/17 for more details."
         )
+    if input.requires_grad and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        if input.is_leaf or (input._is_view() and (input._base.is_leaf or _rebase_refused(input))):
+            input.mul_(1)
+
+
+def _rebase_refused(view: torch.Tensor) -> bool:
+    meta = torch._C._autograd._get_creation_meta(view)
+    return meta != torch._C._autograd.CreationMeta.DEFAULT
 
 
 def _autograd_sees(input: torch.Tensor) -> bool:
@@ -321,6 +337,8 @@ def _noise(
     input: torch.Tensor, seed: int, sigma: float, multiply: bool, inplace: bool, noise_dims: int = -1, lift: bool = True
 ) -> torch.Tensor:
     """The dispatch of :class:`_GaussianFn`, as :func:`_apply_mask` for the masked ops (``lift`` likewise)."""
+    if inplace:
+        _check_inplace(input)
     if _transforming():
         x = _vmap_lift(input, inplace) if lift else input
         return _GaussianTransformFn.apply(x, seed, sigma, multiply, inplace, noise_dims, lift)
@@ -2015,6 +2033,8 @@ def _drop_block(
                 "mask); use randomness='same' or a loop over the slices."
             )
     elif _autograd_sees(input):
+        if inplace:
+            _check_inplace(input)
         return _BlockDropFn.apply(input, spec, block, bool(inplace))
     return _block_apply(input, spec, block, bool(inplace))  # torch ops: in place, the input itself, as torch
 
