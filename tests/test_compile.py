@@ -223,6 +223,31 @@ def test_export_training_graph_holds_dropkit_ops():
     assert "dropkit.draw_seed.default" in targets and "dropkit.masked_affine_host.default" in targets
 
 
+_COLD_EXPORT = """
+import torch
+from torch import nn
+import dropkit.nn as dnn
+
+model = nn.Sequential(dnn.Dropout(0.5), dnn.Dropout2d(0.3), dnn.DropPath(0.3), dnn.StochasticDepth(0.3, "row"),
+                      dnn.DropBlock2d(0.2, 3), dnn.AlphaDropout(0.2), dnn.GaussianDropout(0.2)).train()
+x = torch.ones(8, 4, 6, 6)
+run = torch.export.export(model, (x,)).module()  # the first dropkit call of the process happens while tracing
+a, b = run(x), run(x)
+assert a.shape == x.shape and not torch.equal(a, b)
+print("ok")
+"""
+
+
+def test_export_of_a_training_model_in_a_fresh_process():
+    # loading the CPU kernels inside torch.export's non-strict tracing failed (its patches of the math module broke
+    # numba's first load); traced code now leaves them to the custom op, which loads them when the program runs
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", _COLD_EXPORT], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
+
+
 @pytest.mark.parametrize("p", [0.0, 1.0])
 def test_compile_edge_probabilities(p):
     compiled = torch.compile(lambda x: F.dropout(x, p), fullgraph=True)

@@ -215,14 +215,17 @@ def _check_inplace(input: torch.Tensor) -> None:
     and views autograd cannot rebase (made under ``no_grad``, in inference mode, or one of several outputs such as
     ``unbind``'s). The autograd Functions' own check (``mark_dirty``) comes after their forward has written the
     mask into the tensor. For the autograd cases torch's check is run on ``input.mul_(1)``, which raises before
-    writing (and where it would not, writes ``x * 1``, which is ``x`` bit for bit).
+    writing (and where it would not, writes ``x * 1``, which is ``x`` bit for bit). Not while torch traces: the
+    traced graph's in-place ops are checked by torch when it runs.
     """
+    if torch.compiler.is_compiling():
+        return
     if input.is_inference() and not torch.is_inference_mode_enabled():
         raise RuntimeError(
             "Inplace update to inference tensor outside InferenceMode is not allowed. You can make a clone to get "
             "a normal tensor before doing inplace update. See https://github.com/pytorch/rfcs/pull/17 for more details."
         )
-    if input.requires_grad and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+    if input.requires_grad and torch.is_grad_enabled():
         if input.is_leaf or (input._is_view() and (input._base.is_leaf or _rebase_refused(input))):
             input.mul_(1)
 

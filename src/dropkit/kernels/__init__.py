@@ -73,9 +73,12 @@ class MaskSpec:
         return dataclasses.replace(self, bias=0.0, fill=0.0)
 
 
+_ENV = "DROPKIT_CPU_BACKEND"
+
+
 def backend() -> str:
     """Return the CPU backend in force: ``numba``, ``reference``, or ``triton`` (Triton's interpreter, for tests)."""
-    choice = _forced or os.environ.get("DROPKIT_CPU_BACKEND", "auto")
+    choice = _forced or os.environ.get(_ENV, "auto")
     if choice not in _BACKENDS:
         raise ValueError(f"DROPKIT_CPU_BACKEND must be one of {', '.join(_BACKENDS)}, but got {choice!r}.")
     if choice in ("reference", "triton"):
@@ -134,6 +137,10 @@ def select(x: torch.Tensor) -> str:
 
 
 def _select(device: torch.device, dtype: torch.dtype) -> str:
+    if device.type == "cpu" and torch.compiler.is_compiling() and (_forced or os.environ.get(_ENV)) != "triton":
+        # traced: only "triton or not" matters, the host custom op loads the CPU kernels when it runs; loading
+        # them now could fail (torch.export's non-strict tracing patches the math module numba registers from)
+        return "reference"
     choice = backend()
     if device.type == "cpu" and choice != "triton":
         return "reference" if choice == "numba" and _seen_by_mode() else choice
@@ -198,7 +205,7 @@ def keep_mask(spec: MaskSpec, shape: tuple[int, ...], device: torch.device) -> t
         kept = triton.masked_affine(ones, spec.seed, spec.offset, spec.threshold, 1.0, state=spec.state)
         return kept.ne(0).reshape(shape)
     spec = spec.resolved()
-    if device.type == "cpu" and backend() == "numba" and not _seen_by_mode():
+    if device.type == "cpu" and _select(device, torch.float32) == "numba":
         return _cpu().keep_mask(numel, spec.seed, spec.offset, spec.threshold).reshape(shape)
     return keep_mask_ref(numel, spec.seed, spec.offset, spec.threshold, device).reshape(shape)
 
@@ -228,8 +235,8 @@ def apply(
         and x.dtype in _NUMBA_DTYPES
         and x.is_contiguous()
         and (out is None or out.is_contiguous())
-        and backend() == "numba"
         and not torch.compiler.is_compiling()
+        and backend() == "numba"
         and not _wrapped(x)
     ):
         cpu = _cpu()
