@@ -28,6 +28,18 @@ CASES = [
     (lambda: F.dropout(X, -0.1), ValueError, "dropout: p must be in [0, 1], but got -0.1."),
     (lambda: F.dropout(X, math.nan), ValueError, "dropout: p must be in [0, 1], but got nan."),
     (lambda: F.dropout(X, "0.5"), TypeError, "dropout: p must be a real number, but got '0.5'."),
+    # training must be a bool, as torch's ops demand (None would silently mean eval)
+    (lambda: F.dropout(X, 0.5, None), TypeError, "dropout: training must be a bool, but got None."),
+    (lambda: F.dropout2d(X, 0.5, 1), TypeError, "dropout2d: training must be a bool, but got 1."),
+    (lambda: F.alpha_dropout(X, 0.5, "yes"), TypeError, "alpha_dropout: training must be a bool, but got 'yes'."),
+    (lambda: F.drop_path(X, 0.5, None), TypeError, "drop_path: training must be a bool, but got None."),
+    (lambda: F.gaussian_dropout(X, 0.5, training=None), TypeError,
+     "gaussian_dropout: training must be a bool, but got None."),
+    (lambda: dnn.Dropout(0.5, noise_shape=(20, 0, 10)), ValueError,
+     "Dropout: noise_shape[1] must be None or an int >= 1 (1 or the input's size along that dimension), but got 0 "
+     "(noise_shape (20, 0, 10))."),
+    (lambda: F.bias_dropout_add(X, torch.ones(4, dtype=torch.float64), X, 0.5), TypeError,
+     "bias_dropout_add: bias must have the dtype of x (torch.float32), but got torch.float64."),
     (lambda: F.dropout(X, True), TypeError, "dropout: p must be a real number, but got True."),
     (lambda: F.dropout(X, keep=2), ValueError, "dropout: keep must be in [0, 1], but got 2."),
     (

@@ -107,8 +107,8 @@ def test_noise_shape_errors(noise_shape, exc, message):
 def test_module_noise_shape_type_error_and_repr():
     with pytest.raises(TypeError, match=r"Dropout: noise_shape must be a tuple"):
         dnn.Dropout(0.5, noise_shape=3)
-    for bad in [(20, 1.5, 10), (20, -1, 10), (True, 1)]:  # refused at construction, as Keras does
-        with pytest.raises(ValueError, match=r"Dropout: noise_shape\[\d\] must be None or an int >= 0"):
+    for bad in [(20, 1.5, 10), (20, -1, 10), (True, 1), (20, 0, 10)]:  # refused at construction, as Keras does
+        with pytest.raises(ValueError, match=r"Dropout: noise_shape\[\d\] must be None or an int >= 1"):
             dnn.Dropout(0.5, noise_shape=bad)
     assert "noise_shape=(None, 1, None)" in repr(dnn.Dropout(0.5, noise_shape=[None, 1, None]))
     assert "noise_shape" not in repr(dnn.Dropout(0.5))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import inspect
 import itertools
+import math
 import pickle
 import random
 
@@ -402,3 +403,28 @@ def test_a_refused_inplace_call_leaves_the_tensor_untouched(case, op):
         op(t)
     assert torch.equal(t.detach(), before)
     assert str(ours.value).split(".")[0] == str(torch_error.value).split(".")[0]  # torch's own message
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8, torch.bool])
+@pytest.mark.parametrize(
+    "op",
+    [F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout],
+)
+def test_integer_input_at_p_one_gives_zeros_as_torch(op, dtype):
+    # torch's p = 1 is x * 0: no float is needed, so integer and bool tensors are taken (OpInfo's sample at p=1)
+    shape = {F.dropout1d: (2, 3, 5), F.dropout3d: (2, 3, 4, 5, 2)}.get(op, (2, 3, 4, 5))
+    x = torch.arange(math.prod(shape)).reshape(shape).to(dtype)
+    reference = getattr(torch.nn.functional, op.__name__)(x, 1.0, True)
+    out = op(x, 1.0, True)
+    assert out.dtype == reference.dtype == dtype and torch.equal(out, reference)
+    y = x.clone()
+    assert op(y, 1.0, True, inplace=True) is y and torch.equal(y, reference)
+    with pytest.raises(TypeError):  # at 0 < p < 1 the mask's scaling needs floats: refused, as before
+        op(x, 0.5, True)
+
+
+def test_noise_shape_zero_is_for_empty_inputs_only_in_calls():
+    x = torch.ones(0, 3)
+    assert F.dropout(x, 0.5, noise_shape=x.shape).shape == (0, 3)  # x.shape of an empty batch matches it
+    with pytest.raises(ValueError):  # a layer's noise_shape is fixed at construction: Keras refuses a 0
+        dnn.AlphaDropout(0.5, noise_shape=(4, 0))

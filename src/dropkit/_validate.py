@@ -436,16 +436,20 @@ def noise_shape(op: str, value: object, shape: tuple[int, ...]) -> tuple[int, ..
     return tuple(resolved)
 
 
-def noise_shape_arg(op: str, value: object) -> tuple[int | None, ...] | None:
-    """Return ``noise_shape`` as a tuple (``None`` passes); its entries are checked against the input later."""
+def noise_shape_arg(op: str, value: object, least: int = 0) -> tuple[int | None, ...] | None:
+    """Return ``noise_shape`` as a tuple (``None`` passes); its entries are checked against the input later.
+
+    ``least``: the smallest int entry, ``0`` for a call (``x.shape`` of an empty ``x`` matches), ``1`` for a module's
+    constructor, as Keras' layers refuse a zero there.
+    """
     if value is None:
         return None
     if not isinstance(value, (tuple, list, torch.Size)):
         raise _fail(op, "noise_shape", "a tuple of ints (or None entries) or None", value, TypeError)
     for i, entry in enumerate(value):  # what no input can match is refused at once (a module: at construction)
-        if entry is not None and (isinstance(entry, bool) or not isinstance(entry, numbers.Integral) or entry < 0):
+        if entry is not None and (isinstance(entry, bool) or not isinstance(entry, numbers.Integral) or entry < least):
             raise ShapeError(
-                f"{op}: noise_shape[{i}] must be None or an int >= 0 (1 or the input's size along that dimension), "
-                f"but got {entry!r} (noise_shape {tuple(value)!r})."
+                f"{op}: noise_shape[{i}] must be None or an int >= {least} (1 or the input's size along that "
+                f"dimension), but got {entry!r} (noise_shape {tuple(value)!r})."
             )
     return tuple(value)

@@ -366,6 +366,13 @@ def _force_training(on: bool) -> None:
 _thresholds: dict[float, int] = {}
 
 
+def _training(op: str, training: object) -> bool:
+    """``training`` (a bool, as torch's ops demand: ``None`` or ``1`` is a ``TypeError``), or on under MC dropout."""
+    if training is not True and training is not False:
+        training = _validate.flag(op, "training", training)
+    return training or _forced_training
+
+
 def _threshold(p: float) -> int:
     threshold = _thresholds.get(p)
     if threshold is None:
@@ -471,7 +478,9 @@ def _masked(
 ) -> torch.Tensor:
     """Shared body of dropout and dropout1d/2d/3d: the mask covers the leading ``mask_dims`` dimensions."""
     _validate.choice(op, "mode", mode, MODES)
-    training = bool(training) or _forced_training
+    training = _training(op, training)
+    if training and p == 1.0 and _integral(input):
+        return _zeros(input, inplace)
     classic_eval = not training and mode == "classic" and p > 0
     nested = mask_dims < 0 or classic_eval  # element-wise dropout takes nested tensors (as does its eval scaling)
     _validate.tensor_input(op, input, training or classic_eval, 1.0 if classic_eval else p, nested)
@@ -486,6 +495,16 @@ def _masked(
     scale = 0.0 if p == 1.0 else (1.0 / (1.0 - p) if mode == "inverted" else 1.0)
     spec = _spec(input, seed, generator, p, scale, mask_dims=mask_dims)
     return _apply_mask(input, spec, inplace)
+
+
+def _integral(input: object) -> bool:
+    """An integer or bool tensor: refused in training, except at ``p = 1`` (:func:`_zeros`)."""
+    return isinstance(input, torch.Tensor) and not (input.is_floating_point() or input.is_complex() or input.is_nested)
+
+
+def _zeros(input: torch.Tensor, inplace: bool) -> torch.Tensor:
+    """``p = 1`` on an integer or bool tensor: zeros of its dtype, as torch's ``x * 0`` (nothing needs a float)."""
+    return input.zero_() if inplace else torch.zeros_like(input)
 
 
 def _nested(op, input, p, inplace, mode, seed, generator, mask_dims) -> torch.Tensor:
@@ -684,7 +703,7 @@ def _channel_op(op: str, layout: str, shape: str):
     ) -> torch.Tensor:
         p = _checked(op, p, keep, seed, generator)
         _validate.tensor_input(op, input, False)
-        drops = (bool(training) or _forced_training) and 0.0 < p < 1.0 and input.numel() > 0
+        drops = _training(op, training) and 0.0 < p < 1.0 and input.numel() > 0
         dims = _channel_dims(op, input, drops)
         return _masked(op, input, p, training, inplace, mode, seed, generator, mask_dims=dims if drops else -1)
 
@@ -712,7 +731,9 @@ def _alpha(
     mask_dims: int,
 ) -> torch.Tensor:
     p = _checked(op, p, keep, seed, generator)
-    training = bool(training) or _forced_training
+    training = _training(op, training)
+    if training and p == 1.0 and _integral(input):
+        return _zeros(input, inplace)
     _validate.tensor_input(op, input, training, p)
     if not training or p == 0.0 or input.numel() == 0:
         return input
@@ -853,7 +874,7 @@ def gaussian_dropout(
     """
     p = _validate.probability("gaussian_dropout", p, keep, allow_one=False)
     _validate.seed_source("gaussian_dropout", seed, generator, device_generator=False)
-    training = bool(training) or _forced_training
+    training = _training("gaussian_dropout", training)
     _validate.tensor_input("gaussian_dropout", input, training)
     if not training or p == 0.0 or input.numel() == 0:
         return input
@@ -889,7 +910,7 @@ def gaussian_noise(
     """
     stddev = _validate.nonnegative("gaussian_noise", "stddev", stddev)
     _validate.seed_source("gaussian_noise", seed, generator, device_generator=False)
-    training = bool(training) or _forced_training
+    training = _training("gaussian_noise", training)
     _validate.tensor_input("gaussian_noise", input, training)
     if not training or stddev == 0.0 or input.numel() == 0:
         return input
@@ -938,7 +959,7 @@ def bias_dropout_add(
 
     Args:
         x: Input of shape :math:`(*, H)`.
-        bias: Bias of shape :math:`(H,)`, or ``None``.
+        bias: Bias of shape :math:`(H,)` and ``x``'s dtype, or ``None``.
         residual: Tensor of ``x``'s shape and dtype.
         p: Probability of zeroing an element of ``x + bias``. Must satisfy ``0 <= p <= 1``.
         training: Apply dropout if ``True``. Default: ``True``.
@@ -950,6 +971,7 @@ def bias_dropout_add(
 
     Raises:
         ValueError: If ``p`` is outside ``[0, 1]`` or the shapes do not match.
+        TypeError: If ``bias`` or ``residual`` has another dtype than ``x``.
 
     Example:
         >>> y = bias_dropout_add(torch.ones(2, 4), torch.ones(4), torch.zeros(2, 4), 0.5, seed=0)
@@ -964,9 +986,10 @@ def bias_dropout_add(
     _validate.tensor_input(op, x, True)
     _validate.matching(op, "residual", residual, tuple(x.shape), x)
     _validate.matching(op, "bias", bias, tuple(x.shape[-1:]), x)
-    if residual.dtype != x.dtype:
-        raise TypeError(f"{op}: residual must have the dtype of x ({x.dtype}), but got {residual.dtype}.")
-    training = bool(training) or _forced_training
+    for name, other in (("residual", residual), ("bias", bias)):
+        if other is not None and other.dtype != x.dtype:
+            raise TypeError(f"{op}: {name} must have the dtype of x ({x.dtype}), but got {other.dtype}.")
+    training = _training(op, training)
     if not training or p == 0.0 or x.numel() == 0:
         return residual + (x if bias is None else x + bias)
     spec = _spec(x, seed, generator, p, 0.0 if p == 1.0 else 1.0 / (1.0 - p))
@@ -1037,7 +1060,7 @@ def _dropout_add_norm(
         _validate.matching(op, "rowscale", rowscale.reshape(-1), (rows,), x)
         rowscale = rowscale.reshape(-1).contiguous()
     residual_dtype = residual.dtype if residual is not None else (torch.float32 if residual_in_fp32 else x.dtype)
-    training = bool(training) or _forced_training
+    training = _training(op, training)
     spec = None
     if training and p > 0.0 and x.numel() > 0:
         spec = _spec(x, seed, generator, p, 0.0 if p == 1.0 else 1.0 / (1.0 - p))
@@ -1329,7 +1352,7 @@ def drop_connect(
     p = _checked(op, p, keep, seed, generator)
     if samples is not None:
         samples = _validate.count(op, "samples", samples, minimum=0)
-    training = bool(training) or _forced_training
+    training = _training(op, training)
     _validate.tensor_input(op, weight, training)
     if not training or p == 0.0:
         return weight if samples is None else weight.unsqueeze(0).expand(samples, *weight.shape)
@@ -1397,7 +1420,7 @@ def drop_connect_linear(
     """
     op = "drop_connect_linear"
     p = _checked(op, p, keep, seed, generator)
-    training = bool(training) or _forced_training
+    training = _training(op, training)
     _validate.tensor_input(op, input, training)
     if not training or p == 0.0:
         return torch.nn.functional.linear(input, weight, bias)
@@ -1446,7 +1469,7 @@ def _drop_connect_conv(
 ) -> torch.Tensor:
     conv = _CONVS[nd]
     p = _checked(op, p, keep, seed, generator)
-    training = bool(training) or _forced_training
+    training = _training(op, training)
     _validate.tensor_input(op, input, training)
     if not training or p == 0.0:
         return conv(input, weight, bias, stride, padding, dilation, groups)
@@ -1608,7 +1631,7 @@ def concrete_dropout(
     op = "concrete_dropout"
     temperature = _validate.positive(op, "temperature", temperature)
     _validate.seed_source(op, seed, generator)
-    training = bool(training) or _forced_training
+    training = _training(op, training)
     _validate.tensor_input(op, input, training)
     if not training or input.numel() == 0:
         return input
@@ -1655,7 +1678,7 @@ def _per_sample(
     mask_dims: int,
 ) -> torch.Tensor:
     """Shared body of stochastic_depth and drop_path: one Bernoulli(1 - p) draw per leading-``mask_dims`` index."""
-    training = bool(training) or _forced_training
+    training = _training(op, training)
     _validate.tensor_input(op, input, training)
     if mask_dims == 1:
         hint = " Stochastic depth drops whole samples of a batch; use mode='batch' or dropout()."
@@ -1911,7 +1934,7 @@ def drop_path_residual(
     _validate.callable_(op, "branch", branch)
     scale_by_keep = _validate.flag(op, "scale_by_keep", scale_by_keep)
     _validate.seed_source(op, seed, generator)
-    training = bool(training) or _forced_training
+    training = _training(op, training)
     _validate.tensor_input(op, input, training)
     _validate.has_batch_dim(op, input)
     if not training or p == 0.0:
@@ -2018,13 +2041,13 @@ def _drop_block(
     couple_channels = _validate.flag(op, "couple_channels", couple_channels)
     scale_by_keep = _validate.flag(op, "scale_by_keep", scale_by_keep)
     _validate.seed_source(op, seed, generator)
-    training = bool(training) or _forced_training
+    training = _training(op, training)
     _validate.tensor_input(op, input, training)
     hint = " Use dropout() for per-element or dropout2d() for per-channel dropout."
     _validate.exact_rank(op, input, dims + 2, _BLOCK_LAYOUTS[dims], hint)
     if not training or p == 0.0 or input.numel() == 0:
         return input
-    block_size = min(block_size, *input.shape[2:])  # a block as large as the map at most, as torchvision and timm
+    block_size = min(block_size, *input.shape[2:])  # a block as large as the map at most, as timm (torchvision fails)
     gamma = _block_gamma(p, block_size, tuple(input.shape[2:]))
     threshold, traced_p = _keep_threshold(input, gamma)  # gamma is symbolic under dynamic shapes
     spec = MaskSpec(_seed(seed, generator, input.numel()), 0, threshold, 0.0 if p == 1.0 else 1.0, p=traced_p)
@@ -2060,7 +2083,7 @@ _DROP_BLOCK_DOC = r"""DropBlock: zero contiguous {what} of {layout} feature maps
         input: Input tensor {layout}.
         p: Probability of an element being dropped. Must satisfy ``0 <= p <= 1``.
         block_size: Side of the dropped blocks, ``>= 1``; a larger one than the smallest spatial dimension is
-            clamped to it, as torchvision and timm do.
+            clamped to it, as timm does (torchvision fails there).
         inplace: Modify ``input`` in place. Default: ``False``.
         eps: Added to the kept count in the normalisation's denominator, ``>= 0``. Default: ``1e-06``.
         training: Apply DropBlock if ``True``; identity otherwise. Default: ``True``.
@@ -2219,7 +2242,7 @@ def zoneout(
     if not isinstance(previous, torch.Tensor) or not previous.is_floating_point():
         name = previous.dtype if isinstance(previous, torch.Tensor) else type(previous).__name__
         raise TypeError(f"zoneout: previous must be a floating-point torch.Tensor, but got {name!r}.")
-    if not (bool(training) or _forced_training):
+    if not _training("zoneout", training):
         return input if p == 0.0 else torch.lerp(input, previous.to(input.dtype).expand_as(input), p)
     if p == 0.0 or input.numel() == 0:
         return input

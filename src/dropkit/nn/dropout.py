@@ -107,7 +107,7 @@ class _NoiseShaped(_DropIn):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(p, inplace, mode=mode, keep=keep, seed=seed, generator=generator)
-        self.noise_shape = _validate.noise_shape_arg(type(self).__name__, noise_shape)
+        self.noise_shape = _validate.noise_shape_arg(type(self).__name__, noise_shape, least=1)
 
     noise_shape: tuple[int | None, ...] | None = None  # the default of a torch module switched to this class
 
