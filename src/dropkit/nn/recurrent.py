@@ -2,9 +2,11 @@ r"""Recurrent dropout that stays fast: variational LSTM / GRU, WeightDrop (DropC
 
 - :class:`LSTM` and :class:`GRU` are ``torch.nn.LSTM`` / ``torch.nn.GRU`` (subclasses: same constructor,
   parameters, ``state_dict``, packed sequences, ``(h0, c0)``) with variational dropout (Gal & Ghahramani 2016,
-  the semantics of Keras' ``dropout`` / ``recurrent_dropout``): one mask per sequence and layer, the same at
-  every time step, on each layer's inputs (``dropout``), on the hidden state fed back into the recurrence
-  (``recurrent_dropout``) and on the last layer's output (``output_dropout``). With every rate 0, or in eval,
+  their *tied* variant): one mask per sequence and layer, the same at every time step and shared by the gates,
+  on each layer's inputs (``dropout``), on the hidden state fed back into the recurrence (``recurrent_dropout``)
+  and on the last layer's output (``output_dropout``). Keras' ``dropout`` / ``recurrent_dropout`` draw such masks
+  when ``recurrent_dropout=0``; with ``recurrent_dropout > 0`` Keras switches to one mask per gate (its
+  ``implementation=1``, the untied variant), which is not offered here. With every rate 0, or in eval,
   the forward *is* ``torch.nn.LSTM.forward``. Input and output dropout keep torch's fused kernel (one fused
   call per layer, the mask broadcast over time); recurrent dropout runs a step loop that computes the input
   projection of all time steps with one matmul, so each step is one ``addmm`` plus the gate arithmetic.
@@ -459,7 +461,9 @@ class LSTM(_VariationalRNN, nn.LSTM):
         c_t &= f_t \odot c_{t-1} + i_t \odot g_t, \qquad h_t = o_t \odot \tanh(c_t) \ (\cdot\, W_{hr}^T)
         \end{aligned}
 
-    The carried :math:`c_t` and the output :math:`h_t` are not masked (Keras' ``LSTM``). With every rate 0, or in
+    One mask serves all four gates (Gal & Ghahramani's tied variant; Keras draws one per gate when its
+    ``recurrent_dropout > 0``). The carried :math:`c_t` and the output :math:`h_t` are not masked (Keras'
+    ``LSTM``). With every rate 0, or in
     eval (without zoneout), this is exactly ``torch.nn.LSTM`` (its own forward runs), and ``load_state_dict`` from a
     ``torch.nn.LSTM`` works both ways. Input and output dropout run torch's fused kernel once per layer;
     recurrent dropout runs a step loop (the input projection of all steps in one matmul). Packed sequences get
