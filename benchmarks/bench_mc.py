@@ -39,11 +39,11 @@ B. "Never slower than the loop": models where ``predict`` cannot use the ``Seque
    Reported: loop/dropkit per model (target >= 1, within noise) and dropkit/copy.
 
 How it times (shared, sometimes throttled machines): the house style of ``bench_cpu.py``. Every contender is
-warmed up first, then the contenders of a case run interleaved in rounds, each round running every contender once
-in the same order. A sample loops enough calls to last at least ``--min-sample-ms`` (20 ms by default; the MC
-calls here take far longer, so one call per sample). Reported: the median time per contender and the MEDIAN OF
-PER-ROUND RATIOS, with each ratio's spread (max - min over rounds, relative to its median), and each contender's
-minor page faults per call.
+warmed up first, then the contenders of a case run interleaved in rounds, each round running every contender once,
+in reverse order every other round. A sample loops enough calls to last at least ``--min-sample-ms`` (20 ms by
+default; the MC calls here take far longer, so one call per sample). Reported: the median time per contender
+and the MEDIAN OF PER-ROUND RATIOS, with each ratio's spread (max - min over rounds, relative to its median), and
+each contender's minor page faults per call.
 
 Page faults matter here. glibc returns freed blocks of a few MB to the kernel (trimming the heap top, unmapping
 mmapped blocks), so the next forward's activations are faulted in afresh, one 4 KB page at a time: on the 2-CPU
@@ -171,7 +171,10 @@ def _sample(fn: Callable[[], object], iters: int) -> tuple[float, float]:
 
 
 def interleaved(fns: dict[str, Callable[[], object]], cfg: Config) -> Timing:
-    """Warm every contender up, then time them in ``cfg.rounds`` rounds, each running all of them in order.
+    """Warm every contender up, then time them in ``cfg.rounds`` rounds, each running all of them once.
+
+    Even rounds run them in the given order, odd rounds in reverse, so that no contender always runs right after
+    the same other one (whose caches and heap layout it would inherit).
 
     Like ``bench_cpu.interleaved``, but the calls here take up to seconds: the last warm-up call (not two extra
     calls) sizes the samples. Also counts each call's minor page faults (``Timing.faults``).
@@ -194,10 +197,11 @@ def interleaved(fns: dict[str, Callable[[], object]], cfg: Config) -> Timing:
     gc.collect()
     gc_enabled = gc.isenabled()
     gc.disable()
+    order = list(live.items())
     try:
-        for _ in range(cfg.rounds):
-            for name, fn in live.items():
-                seconds, fault_count = _sample(fn, iters[name])
+        for r in range(cfg.rounds):
+            for name, fn in order if r % 2 == 0 else order[::-1]:  # alternate the order: no contender always follows
+                seconds, fault_count = _sample(fn, iters[name])  # the same one (caches, heap layout)
                 times[name].append(seconds)
                 faults[name].append(fault_count)
     finally:
