@@ -347,6 +347,10 @@ STACK_AT_LEAST = 4
 #: glibc's ceiling for its dynamic mmap threshold (``DEFAULT_MMAP_THRESHOLD_MAX`` on 64-bit systems).
 _GLIBC_MMAP_THRESHOLD_MAX = 32 << 20
 _heap_settled = 0  #: largest block :func:`_settle_heap` has freed in this process, bytes
+#: :func:`_settle_heap`'s block, in chunk temporaries. bench_mc's case A in fresh processes, all four contenders
+#: (3 each): 2x left 0-12k faults per predict call (3.3-3.7x the loop), 4x 0-0.2k (3.5-3.7x), 8x and more (the
+#: 32 MB ceiling) 26-32k (2.7-3.2x): a higher threshold lets the other contenders' blocks into the heap too.
+_HEAP_HEADROOM = 4
 
 _MASK64 = (1 << 64) - 1
 
@@ -691,21 +695,21 @@ def _widest_activation(module: nn.Module, row: torch.Tensor) -> int:
 
 
 def _settle_heap(nbytes: int) -> None:
-    """Let glibc keep a chunk's CPU temporaries (``nbytes`` each at most) in its heap: free an untouched 2x block.
+    """Let glibc keep a chunk's CPU temporaries (``nbytes`` each at most) in its heap: free an untouched 4x block.
 
     glibc serves a block above its mmap threshold with a fresh mapping, and gives its heap top back to the kernel
     above the trim threshold. Both start low (128 KB) and rise with the largest mapped block freed so far (the
     trim threshold to twice it), up to 32 MB. Left to themselves, a chunk's temporaries of W bytes raise them to
     W and 2W only, so the three or four of them a chunk holds at once are trimmed when it ends and faulted in
     again, page by page, by the next: 26k faults per call in bench_mc's case A, 15-25 % of its time. One block of
-    2W, allocated without touching a page and freed before the chunks, raises the thresholds to 2W and 4W. That
-    is what freeing any 2W tensor does in a torch program; the rise is process-wide and permanent, so it is done
-    once per size. The freed memory glibc then keeps for reuse is bounded (measured: a loop of 16 MB tensors
-    settles at 8 of them held free, with or without this). Elsewhere (other allocators) it is a harmless
-    allocation and free.
+    :data:`_HEAP_HEADROOM` W, allocated without touching a page and freed before the chunks, raises the
+    thresholds to 4W and 8W. That is what freeing any 4W tensor does in a torch program; the rise is
+    process-wide and permanent, so it is done once per size. The freed memory glibc then keeps for reuse is
+    bounded (measured: a loop of 16 MB tensors settles at 8 of them held free, with or without this). Elsewhere
+    (other allocators) it is a harmless allocation and free.
     """
     global _heap_settled
-    size = min(2 * nbytes, _GLIBC_MMAP_THRESHOLD_MAX)
+    size = min(_HEAP_HEADROOM * nbytes, _GLIBC_MMAP_THRESHOLD_MAX)
     if size > _heap_settled:
         torch.empty(size, dtype=torch.uint8)  # allocated and freed at once, never written: no page is faulted
         _heap_settled = size
