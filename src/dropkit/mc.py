@@ -331,7 +331,8 @@ def _repeat(x: torch.Tensor, times: int, dim: int = 0) -> torch.Tensor:
 #: 4, 2.8x in chunks of 8 (fresh pages faulted in); a TransformerEncoderLayer (2^17 per sample) 1.4x
 #: in a loop, 2.1-2.3x in chunks of 4-8, 1.8x in chunks of 16. With glibc's thresholds held steady the MLP's chunks
 #: of 4-16 differ by under 5 %, the Transformer's by 15 % (1.8x in chunks of 4, 2.1x in chunks of 16). bench_mc's
-#: case A (T = 50) on the default heap still faulted ~30k pages per call in 3 of 4 runs in chunks of 4.
+#: case A (T = 50) on the default heap faulted ~30k pages per call in 3 of 4 runs in chunks of 4, until
+#: :func:`_settle_heap` (0-3.6k since).
 ACTIVATION_BUDGET = 1 << 20
 
 #: Fewest samples a stacked forward of CPU tensors must hold, else one sample per forward (measured on the CPU
