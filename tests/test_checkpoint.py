@@ -251,3 +251,58 @@ def test_saved_tensor_hooks_inside_the_region_do_not_hide_it():
         return x.grad
 
     assert torch.equal(grads(False), grads(True))
+
+
+def test_module_checkpoint_of_torch_distributed_replays():
+    # torch.distributed's checkpoint(module) (FSDP2's) opens the region from forward hooks: no checkpoint() frame
+    from torch.distributed._composable import checkpoint as checkpoint_module
+
+    def grad(checkpointed, preserve):
+        torch.manual_seed(0)
+        model = nn.Sequential(dnn.Dropout(0.5), nn.Linear(16, 16), dnn.Dropout(0.5, seed=3), nn.Linear(16, 16))
+        if checkpointed:
+            checkpoint_module(model, preserve_rng_state=preserve)
+        x = torch.randn(8, 16, requires_grad=True)
+        model(x).sum().backward()
+        return model[1].weight.grad, model[3].weight.grad
+
+    for preserve in (True, False):
+        assert all(torch.equal(a, b) for a, b in zip(grad(False, preserve), grad(True, preserve), strict=True))
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_torch_random_ops_after_a_dropkit_draw_in_the_region(reentrant):
+    # with preserve_rng_state=True torch's own random ops in the region (attention dropout, F.dropout) recompute
+    # from the forward's state: a replayed dropkit draw still advances the restored generator as the forward did
+    x0 = torch.randn(4, 8, 16)
+
+    def body(z):
+        h = F.dropout(z, 0.5)
+        h = torch.nn.functional.scaled_dot_product_attention(h, h, h, dropout_p=0.3)
+        return torch.nn.functional.dropout(h, 0.2).sin()
+
+    def run(checkpointed):
+        torch.manual_seed(0)
+        x = x0.clone().requires_grad_(True)
+        y = checkpoint(body, x, use_reentrant=reentrant) if checkpointed else body(x)
+        torch.randn(3)
+        y.sum().backward()
+        return x.grad, torch.rand(2)  # and the generator where the plain run leaves it
+
+    plain, checkpointed = run(False), run(True)
+    assert torch.equal(plain[0], checkpointed[0]) and torch.equal(plain[1], checkpointed[1])
+
+
+def test_reentrant_region_recomputed_by_every_backward_of_a_retained_graph():
+    torch.manual_seed(0)
+    block, x = Block(dnn.Dropout), torch.randn(4, 12, requires_grad=True)
+    torch.manual_seed(1)
+    y = checkpoint(block, x, use_reentrant=True, preserve_rng_state=False).sum()
+    grads = []
+    for _ in range(3):
+        x.grad = None
+        y.backward(retain_graph=True)
+        grads.append(x.grad)
+    torch.manual_seed(1)
+    (expected,) = torch.autograd.grad(block(x).sum(), x)
+    assert all(torch.equal(g, expected) for g in grads)

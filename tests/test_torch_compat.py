@@ -428,3 +428,21 @@ def test_noise_shape_zero_is_for_empty_inputs_only_in_calls():
     assert F.dropout(x, 0.5, noise_shape=x.shape).shape == (0, 3)  # x.shape of an empty batch matches it
     with pytest.raises(ValueError):  # a layer's noise_shape is fixed at construction: Keras refuses a 0
         dnn.AlphaDropout(0.5, noise_shape=(4, 0))
+
+
+def test_a_refused_inplace_block_drop_on_an_inference_tensor_leaves_it_untouched():
+    with torch.inference_mode():
+        x = torch.randn(2, 3, 6, 6)
+    before = x.clone()
+    with pytest.raises(RuntimeError, match="Inplace update to inference tensor outside InferenceMode"):
+        F.drop_block2d(x, 0.5, 2, inplace=True)
+    assert torch.equal(x, before)
+
+
+def test_training_takes_numpy_and_torch_bools():
+    import numpy as np
+
+    x = torch.ones(64)
+    assert torch.equal(F.dropout(x, 0.5, np.False_), x)
+    assert not torch.equal(dnn.Dropout(0.5)(x, training=np.True_), x)
+    assert torch.equal(F.dropout(x, 0.5, torch.tensor(False)), x)

@@ -279,7 +279,7 @@ def flag(op: str, name: str, value: object) -> bool:
     """Return ``value`` if it is a bool (or a numpy/torch bool scalar), else raise ``TypeError``."""
     if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype == torch.bool:
         value = bool(value.item())
-    if type(value).__name__ == "bool_":  # numpy's bool
+    if type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_"):  # numpy's bool (1.x, 2.x)
         value = bool(value)
     if not isinstance(value, bool):
         raise _fail(op, name, "a bool", value, TypeError)

@@ -2058,9 +2058,9 @@ def _drop_block(
                 f"{op}: torch.vmap(randomness='different') is not supported (every slice would get one block "
                 "mask); use randomness='same' or a loop over the slices."
             )
-    elif _autograd_sees(input):
-        if inplace:
-            _check_inplace(input)
+    if inplace:
+        _check_inplace(input)
+    if not _transforming() and _autograd_sees(input):
         return _BlockDropFn.apply(input, spec, block, bool(inplace))
     return _block_apply(input, spec, block, bool(inplace))  # torch ops: in place, the input itself, as torch
 

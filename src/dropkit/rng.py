@@ -559,7 +559,7 @@ def _draw_seed_mixed(generator: torch.Generator | None, regions: list | None = N
 
         seed = ops.draw_seed(generator)
         return mix_rank(seed, _dp_rank[-1]) if _dp_rank else seed
-    return replayed(lambda: _mixed(draw_seed(generator)), regions)
+    return replayed(lambda: _mixed(draw_seed(generator)), regions, generator is None)
 
 
 def _mixed(seed):
@@ -645,8 +645,8 @@ def _checkpoint_regions() -> list[tuple[object, object]]:
     """
     # a non-reentrant region pushes saved-tensor hooks (another pushed inside it, save_on_cpu, hides them); a
     # reentrant one runs its forward under no_grad and recomputes inside backward: walk the stack only then
-    hooked = torch._C._autograd._top_saved_tensors_default_hooks(False) is not None
-    if not hooked and torch.is_grad_enabled() and torch._C._current_graph_task_id() == -1:
+    top = torch._C._autograd._top_saved_tensors_default_hooks(False)
+    if top is None and torch.is_grad_enabled() and torch._C._current_graph_task_id() == -1:
         return []
     regions: list[tuple[object, object]] = []
     frame = sys._getframe(2)
@@ -654,8 +654,10 @@ def _checkpoint_regions() -> list[tuple[object, object]]:
         kind = _REGION_CODES.get(frame.f_code)
         if kind is not None:
             found = frame.f_locals
-            if kind == "forward" or kind == "backward":
-                region = (found.get("ctx"), None if kind == "forward" else ("frame", id(frame)))
+            if kind == "forward":
+                region = (found.get("ctx"), None)
+            elif kind == "backward":  # one recomputation per backward pass (a retained graph runs it again)
+                region = (found.get("ctx"), ("task", torch._C._current_graph_task_id()))
             elif kind == "recompute":
                 region = (found.get("frame"), ("gid", found.get("gid")))
             else:  # checkpoint() itself: non-reentrant when it holds the region's generator
@@ -665,20 +667,49 @@ def _checkpoint_regions() -> list[tuple[object, object]]:
             if region[0] is not None:
                 regions.append(region)
         frame = frame.f_back
+    hooked = _hooked_region(top[0]) if top is not None else None
+    if hooked is not None and all(region is not hooked[0] for region, _ in regions):
+        regions.insert(0, hooked)  # a region with no checkpoint() frame: torch.distributed's checkpoint(module)
     return regions
 
 
-def replayed(draw, regions: list | None = None):
+def _hooked_region(pack) -> tuple[object, object] | None:
+    """The non-reentrant region whose saved-tensor hook ``pack`` is, as :func:`_checkpoint_regions` gives it."""
+    pack = getattr(pack, "__wrapped__", pack)
+    name = getattr(pack, "__qualname__", "")
+    if name.startswith("_checkpoint_hook."):
+        frame = _closure(pack, "frame")
+        return (frame, None) if frame is not None else None
+    if name.startswith("_recomputation_hook."):
+        ref, gid = _closure(pack, "target_frame_ref"), _closure(pack, "gid")
+        frame = ref() if ref is not None else None
+        return (frame, ("gid", gid)) if frame is not None else None
+    return None
+
+
+def _preserves_rng(region: object) -> bool:
+    """Whether a region's recomputation runs from the forward's RNG state and restores the caller's after."""
+    if hasattr(region, "recompute_fn"):  # non-reentrant: the flag is a variable of its recompute function
+        return bool(_closure(region.recompute_fn, "preserve_rng_state"))
+    return bool(getattr(region, "preserve_rng_state", False))
+
+
+def replayed(draw, regions: list | None = None, default_generator: bool = False):
     """Return ``draw()``; while ``torch.utils.checkpoint`` recomputes a region, what it returned in the forward.
 
     Every random choice an op makes goes through here (drawn seeds, frozen-mask seeds, ``DeviceGenerator``
     states, the :func:`shard` declarations in force), so a recomputed region draws the masks its forward drew,
     whatever ``preserve_rng_state`` says and whichever :func:`parallel` / :func:`shard` blocks are still open,
-    and without advancing any generator (the generators end where an uncheckpointed run leaves them). In the
+    and with every generator ending where an uncheckpointed run leaves it. In the
     original forward each value is recorded on the tape of every region around the call; in a recomputation
     it comes from the tape of the innermost region being recomputed (regions inside it record it in turn, for
     their own recomputation later). A recomputation that draws more than the forward did draws afresh.
     ``regions``: :func:`_checkpoint_regions`, when the caller has them already (one look per op).
+
+    ``default_generator``: ``draw`` draws from torch's default generator. A replay then still draws (and drops
+    the value) when the region restores the RNG state for its recomputation (``preserve_rng_state=True``), so
+    that torch's own random ops later in the region (its dropout, attention dropout) see the state they saw in
+    the forward; the state is restored after the recomputation, so nothing shows outside it.
     """
     if torch.compiler.is_compiling():
         return draw()
@@ -700,6 +731,8 @@ def replayed(draw, regions: list | None = None):
         cursors[replay] = position + 1
         if position < len(tape):
             value, found = tape[position], True
+            if default_generator and _preserves_rng(region):
+                draw()
         break
     if not found:
         value = draw()
