@@ -28,6 +28,14 @@ def test_explain_is_reproducible_and_seed_dependent(capsys):
     assert capsys.readouterr().out != first
 
 
+def test_explain_at_p_one_says_what_holds_there(capsys):
+    assert main(["explain", "--values", "1", "2", "--p", "1", "--seed", "0"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "p = 1 drops every unit" in out and "E[y] = 0" in out and "only classic dropout matches" in out
+    assert "the expected output equals the input" not in out and "Both make evaluation match" not in out
+    assert "averaged over many draws it is 0" in out
+
+
 def test_explain_rejects_a_bad_p(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["explain", "--p", "1.5"])

@@ -28,6 +28,12 @@ CASES = [
     (lambda: F.dropout(X, -0.1), ValueError, "dropout: p must be in [0, 1], but got -0.1."),
     (lambda: F.dropout(X, math.nan), ValueError, "dropout: p must be in [0, 1], but got nan."),
     (lambda: F.dropout(X, "0.5"), TypeError, "dropout: p must be a real number, but got '0.5'."),
+    (lambda: rng.uniform(4, seed=-1), ValueError, "uniform: seed must be in [0, 2**64), but got -1."),
+    (lambda: rng.uniform(4, seed=2**70), ValueError,
+     "uniform: seed must be in [0, 2**64), but got 1180591620717411303424."),
+    (lambda: rng.normal(4, seed=1.5), TypeError, "normal: seed must be an int, but got 1.5."),
+    (lambda: rng.uniform(4, seed=None), TypeError, "uniform: seed must be an int in [0, 2**64), but got None."),
+    (lambda: rng.uniform(4, seed=0, offset=-2), ValueError, "uniform: offset must be an int >= 0, but got -2."),
     # training must be a bool, as torch's ops demand (None would silently mean eval)
     (lambda: F.dropout(X, 0.5, None), TypeError, "dropout: training must be a bool, but got None."),
     (lambda: F.dropout2d(X, 0.5, 1), TypeError, "dropout2d: training must be a bool, but got 1."),

@@ -72,3 +72,17 @@ def test_half_precision_sums_and_bad_inputs():
     with pytest.raises(ValueError, match="labels must be 0 or 1"):
         metrics.auroc(torch.tensor([0.1, 0.2, 0.5]), torch.tensor([0, 2, 1]))
     assert metrics.auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == 0.75  # sequences too
+
+
+@pytest.mark.parametrize("op", [metrics.nll, metrics.brier, metrics.ece])
+def test_logits_and_unnormalised_rows_are_refused(op):
+    target = torch.tensor([0, 1])
+    with pytest.raises(ValueError, match=r"probs must hold probabilities in \[0, 1\].*probs\[0, 0\] = 3.0"):
+        op(torch.tensor([[3.0, -1.0], [0.2, 0.8]]), target)  # logits passed by mistake
+    with pytest.raises(ValueError, match=r"rows summing to 1 .* row 1 sums to 0.5"):
+        op(torch.tensor([[0.5, 0.5], [0.25, 0.25]]), target)
+    with pytest.raises(ValueError, match="probs must hold probabilities"):
+        op(torch.tensor([[float("nan"), 0.5], [0.2, 0.8]]), target)
+    # rounding of a low-precision softmax is accepted
+    probs = torch.softmax(torch.randn(1000, 37), 1).to(torch.bfloat16)
+    op(probs, torch.randint(0, 37, (1000,)))

@@ -40,7 +40,8 @@ def explain(values: Sequence[float], p: float, seed: int, console: Console) -> N
         "the unit is kept when u ≥ p."
     )
     table = Table(title="Training pass")
-    for name in ("unit", "x", "coin u", "kept?", "zeroed", f"× 1/(1-p) = × {_fmt(scale)}"):
+    scaled = f"× 1/(1-p) = × {_fmt(scale)}" if p < 1 else "× 0 (1/(1-p) undefined)"
+    for name in ("unit", "x", "coin u", "kept?", "zeroed", scaled):
         table.add_column(name, justify="right")
     for i, (xi, u, k, yi) in enumerate(zip(x.tolist(), coins, kept, inverted.tolist(), strict=False)):
         table.add_row(
@@ -54,11 +55,17 @@ def explain(values: Sequence[float], p: float, seed: int, console: Console) -> N
     console.print(table)
 
     n_kept = sum(kept)
-    console.print(
-        f"{n_kept} of {len(kept)} units kept (expected {len(kept) * (1 - p):g}). Inverted dropout scales the kept "
-        f"units by 1/(1-p) = {_fmt(scale)} during training, so the expected output equals the input: "
-        f"E\\[y] = (1-p) · x / (1-p) = x."
-    )
+    if p < 1:
+        console.print(
+            f"{n_kept} of {len(kept)} units kept (expected {len(kept) * (1 - p):g}). Inverted dropout scales the "
+            f"kept units by 1/(1-p) = {_fmt(scale)} during training, so the expected output equals the input: "
+            f"E\\[y] = (1-p) · x / (1-p) = x."
+        )
+    else:
+        console.print(
+            "p = 1 drops every unit: the training output is all zeros. 1/(1-p) is undefined there, and no "
+            "scaling can bring the expected output back to x: E\\[y] = 0."
+        )
 
     modes = Table(title="Training vs evaluation")
     modes.add_column("mode")
@@ -71,14 +78,20 @@ def explain(values: Sequence[float], p: float, seed: int, console: Console) -> N
         " ".join(map(_fmt, classic_eval.tolist())),
     )
     console.print(modes)
+    match = (
+        "Both make evaluation match the training-time average."
+        if p < 1
+        else "At p = 1 only classic dropout matches the training-time average (0); inverted dropout's x does not."
+    )
     console.print(
         f"In evaluation dropout is off. Inverted dropout then passes x through unchanged; classic dropout "
         f"(no scaling in training) multiplies by 1 - p = {_fmt(1 - p)} instead — the original paper's "
-        "'scale the weights at test time'. Both make evaluation match the training-time average."
+        f"'scale the weights at test time'. {match}"
     )
+    average = "it equals the mean of x" if p < 1 else "it is 0"
     console.print(
         f"Mean of x: {_fmt(x.mean().item())}; mean of this training output: {_fmt(inverted.mean().item())} "
-        "(one draw; averaged over many draws it equals the mean of x). "
+        f"(one draw; averaged over many draws {average}). "
         f"Reproduce with dropkit.functional.dropout(x, p={_fmt(p)}, seed={seed})."
     )
 

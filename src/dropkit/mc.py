@@ -874,7 +874,8 @@ def predict(
     independent of the machine's load. And for samples stacked in dimension 0 the choice never changes the
     numbers of dropkit-seeded dropout (torch's dropout layers and functional calls included): sample ``t`` draws
     the same masks whether it runs alone or stacked (per-site seeds and per-sample element offsets, see
-    :class:`_SampleStreams`), so ``vectorize``, ``max_rows`` and the budget change the speed only. Stochastic
+    :class:`_SampleStreams`), so ``vectorize``, ``max_rows`` and the budget change the speed, and the outputs
+    only in their last bits (a matrix product over more rows may round differently), not the masks. Stochastic
     layers outside dropkit's mask specs (Gaussian noise, DropPath, torch's fused attention dropout) still draw
     independent samples, but their values then depend on the grouping.
 

@@ -1,7 +1,8 @@
 r"""Scores for probabilistic predictions: NLL, Brier, calibration (ECE + reliability data), AUROC.
 
 All take predictive probabilities ``probs`` of shape ``(N, C)`` (rows summing to 1, e.g.
-:attr:`dropkit.mc.MCResult.mean`) and integer labels ``target`` of shape ``(N,)``.
+:attr:`dropkit.mc.MCResult.mean`) and integer labels ``target`` of shape ``(N,)``; anything else (logits, a NaN)
+is refused with a ``ValueError`` naming the first bad entry or row.
 """
 
 from __future__ import annotations
@@ -25,6 +26,30 @@ def _check(op: str, probs: torch.Tensor, target: torch.Tensor) -> None:
     low, high = int(target.min()), int(target.max())
     if low < 0 or high >= probs.shape[1]:
         raise ValueError(f"{op}: target must hold class indices in [0, {probs.shape[1]}), but got {low}..{high}.")
+    _probabilities(op, probs)
+
+
+def _probabilities(op: str, probs: torch.Tensor) -> None:
+    """Refuse rows that are not probability vectors (logits passed by mistake give a negative NLL, a Brier above 2).
+
+    Entries in ``[0, 1]`` and rows summing to 1 within the rounding of ``probs``' dtype (summed in float64).
+    """
+    outside = ~((probs >= 0) & (probs <= 1))  # NaN too
+    if bool(outside.any()):
+        row, col = (int(i) for i in outside.nonzero()[0])
+        raise ValueError(
+            f"{op}: probs must hold probabilities in [0, 1] (softmax outputs, not logits), but probs[{row}, {col}] "
+            f"= {float(probs[row, col])!r}."
+        )
+    sums = probs.double().sum(1)
+    tolerance = max(1e-4, 8 * torch.finfo(probs.dtype).eps)
+    off = (sums - 1).abs() > tolerance
+    if bool(off.any()):
+        row = int(off.nonzero()[0])
+        raise ValueError(
+            f"{op}: probs must have rows summing to 1 (within {tolerance:.1e}), but row {row} sums to "
+            f"{float(sums[row]):.6g}."
+        )
 
 
 def _describe(t: object) -> str:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import numbers
 import sys
 import weakref
 from collections.abc import Iterator, Sequence
@@ -240,7 +241,25 @@ def uniform(shape: ShapeLike, seed: int, offset: int = 0, *, device: torch.devic
         True
     """
     n, dims = _numel(shape)
+    _key("uniform", seed, offset)
     return uint32_to_uniform(element_words(n, seed, offset, device=device)).reshape(dims)
+
+
+def _key(op: str, seed: object, offset: object) -> None:
+    """Check an explicit ``seed`` (an int in ``[0, 2^64)``) and ``offset`` (an int ``>= 0``), eager calls only."""
+    if type(seed) is int and type(offset) is int and 0 <= seed < _SEED_LIMIT and offset >= 0:
+        return  # the common case, first: the Gaussian ops come through here on every call
+    if torch.compiler.is_compiling():  # a traced seed
+        return
+    from . import _validate
+
+    if seed is None:
+        raise TypeError(f"{op}: seed must be an int in [0, 2**64), but got None.")
+    _validate.seed_source(op, seed, None)
+    if isinstance(offset, bool) or not isinstance(offset, numbers.Integral):
+        raise _validate._fail(op, "offset", "an int", offset, TypeError)
+    if offset < 0:
+        raise _validate._fail(op, "offset", "an int >= 0", offset)
 
 
 def normal(shape: ShapeLike, seed: int, offset: int = 0, *, device: torch.device | str | None = None) -> torch.Tensor:
@@ -271,6 +290,7 @@ def normal(shape: ShapeLike, seed: int, offset: int = 0, *, device: torch.device
         from .kernels import ops
 
         return ops.normal(dims, seed, offset, device)
+    _key("normal", seed, offset)
     grouped, start = _grouped_words(n, seed, offset, device)
     u = uint32_to_uniform(grouped)
     radius = torch.sqrt(-2.0 * torch.log(u[:, 0::2].clamp_min(1.0e-7)))
