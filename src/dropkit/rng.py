@@ -622,7 +622,6 @@ def _own_generator(
 
 _tapes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _cursors: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_chains: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  #: region -> {replay: the regions around it}
 
 
 def _closure(fn, name: str):
@@ -662,24 +661,14 @@ def _checkpoint_regions() -> list[tuple[object, object]]:
     referenceable; ``replay`` is ``None`` in the original forward, else a key of the recomputation (one per
     backward pass). Nested regions matter: while an outer region recomputes, an inner ``checkpoint`` call runs
     its "original" forward again and must get the outer forward's draws. Cheap outside any region (a look at the
-    saved-tensor hooks and the grad mode); inside one, a walk up the Python stack, once per non-reentrant
-    region and recomputation (then remembered), on every draw inside a reentrant forward.
+    saved-tensor hooks and the grad mode); inside one, a walk up the Python stack.
     """
     # a non-reentrant region pushes saved-tensor hooks (another pushed inside it, save_on_cpu, hides them); a
     # reentrant one runs its forward under no_grad and recomputes inside backward: walk the stack only then
     top = torch._C._autograd._top_saved_tensors_default_hooks(False)
     if top is None and torch.is_grad_enabled() and torch._C._current_graph_task_id() == -1:
         return []
-    hooked = _hooked_region(top[0]) if top is not None else None
-    # the regions around a non-reentrant region's forward (or one recomputation of it) do not change while it
-    # runs: found once, by the walk below. Not with grad off, where a reentrant forward may run inside it unseen.
-    cached = hooked is not None and torch.is_grad_enabled()
-    if cached:
-        chain = _chains.get(hooked[0], {}).get(hooked[1])
-        regions = None if chain is None else [(ref(), replay) for ref, replay in chain]
-        if regions is not None and all(region is not None for region, _ in regions):
-            return regions
-    regions = []
+    regions: list[tuple[object, object]] = []
     frame = sys._getframe(2)
     while frame is not None:
         kind = _REGION_CODES.get(frame.f_code)
@@ -698,10 +687,9 @@ def _checkpoint_regions() -> list[tuple[object, object]]:
             if region[0] is not None:
                 regions.append(region)
         frame = frame.f_back
+    hooked = _hooked_region(top[0]) if top is not None else None
     if hooked is not None and all(region is not hooked[0] for region, _ in regions):
         regions.insert(0, hooked)  # a region with no checkpoint() frame: torch.distributed's checkpoint(module)
-    if cached:  # weakly: a chain holds its own region
-        _chains.setdefault(hooked[0], {})[hooked[1]] = [(weakref.ref(region), replay) for region, replay in regions]
     return regions
 
 
