@@ -577,8 +577,7 @@ def _draw_seed_mixed(generator: torch.Generator | None, regions: list | None = N
     if torch.compiler.is_compiling():
         from .kernels import ops
 
-        seed = ops.draw_seed(generator)
-        return mix_rank(seed, _dp_rank[-1]) if _dp_rank else seed
+        return _mixed(ops.draw_seed(generator))
     return replayed(lambda: _mixed(draw_seed(generator)), regions, generator is None)
 
 
@@ -591,10 +590,7 @@ def mixed_state(state: torch.Tensor) -> torch.Tensor:
 
     On the tensor's device (no host sync: CUDA-graph safe); ``state`` itself when no :func:`parallel` block is open.
     """
-    if not _dp_rank:
-        return state
-    key = ((_dp_rank[-1] + 1) * _RANK_MIX) & (2**63 - 1)
-    return torch.cat((state[:1].bitwise_xor(key), state[1:]))
+    return torch.cat((_mixed(state[:1]), state[1:])) if _dp_rank else state
 
 
 #: The generators dropkit modules own (``seed=``), by ``id``, while their module lives. Compiled code finds
