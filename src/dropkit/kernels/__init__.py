@@ -73,12 +73,14 @@ class MaskSpec:
         return dataclasses.replace(self, bias=0.0, fill=0.0)
 
 
-_ENV = "DROPKIT_CPU_BACKEND"
+def _requested() -> str:
+    """The CPU backend asked for: :func:`use_backend`'s, else ``DROPKIT_CPU_BACKEND``, else ``auto``."""
+    return _forced or os.environ.get("DROPKIT_CPU_BACKEND", "auto")
 
 
 def backend() -> str:
     """Return the CPU backend in force: ``numba``, ``reference``, or ``triton`` (Triton's interpreter, for tests)."""
-    choice = _forced or os.environ.get(_ENV, "auto")
+    choice = _requested()
     if choice not in _BACKENDS:
         raise ValueError(f"DROPKIT_CPU_BACKEND must be one of {', '.join(_BACKENDS)}, but got {choice!r}.")
     if choice in ("reference", "triton"):
@@ -137,7 +139,7 @@ def select(x: torch.Tensor) -> str:
 
 
 def _select(device: torch.device, dtype: torch.dtype) -> str:
-    if device.type == "cpu" and torch.compiler.is_compiling() and (_forced or os.environ.get(_ENV)) != "triton":
+    if device.type == "cpu" and torch.compiler.is_compiling() and _requested() != "triton":
         # traced: only "triton or not" matters, the host custom op loads the CPU kernels when it runs; loading
         # them now could fail (torch.export's non-strict tracing patches the math module numba registers from)
         return "reference"
