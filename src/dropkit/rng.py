@@ -656,8 +656,9 @@ def _checkpoint_regions() -> list[tuple[object, object]]:
     ``region`` identifies one checkpointed call (its ``_CheckpointFrame``, or the reentrant ``ctx``), weakly
     referenceable; ``replay`` is ``None`` in the original forward, else a key of the recomputation (one per
     backward pass). Nested regions matter: while an outer region recomputes, an inner ``checkpoint`` call runs
-    its "original" forward again and must get the outer forward's draws. Cheap outside any region (a look at the
-    saved-tensor hooks and the grad mode); inside one, a walk up the Python stack.
+    its "original" forward again and must get the outer forward's draws. Cheap with grad on, outside a backward
+    and with no saved-tensor hooks (a look at those three); otherwise a walk up the Python stack, which also
+    runs for every op under ``no_grad`` (a reentrant region's forward runs there and leaves no other trace).
     """
     # a non-reentrant region pushes saved-tensor hooks (another pushed inside it, save_on_cpu, hides them); a
     # reentrant one runs its forward under no_grad and recomputes inside backward: walk the stack only then
